@@ -1,0 +1,200 @@
+"""Minting unique textual IDs with the ID generator (the uniqueness loop of SPEC 1.2).
+
+One implementation serves training (the whole catalog, in batches, claiming in a set) and
+the service (new items, claiming in Redis with SET NX): the caller's `claim(textual_id)`
+returns True when the ID was free and is now taken. The loop always ends: after the last
+length step a deterministic numeric suffix is used, and counted.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from tqdm.auto import tqdm
+
+from .diverse_beam import diverse_beam_search
+from .errors import IdExhaustedError
+from .textual_ids import normalize_textual_id
+from .tokenization import encode_text
+
+
+@dataclass
+class MintConfig:
+    num_groups: int = 10
+    penalty_start: float = 1.0
+    penalty_step: float = 1.0
+    penalty_max: float = 10.0
+    min_length_start: int = 1
+    min_length_step: int = 10
+    length_steps: int = 2  # how many minimum lengths are tried before the suffix fallback
+    extra_length: int = 10  # max_length = min_length + extra_length
+    batch_size: int = 64
+    restrict_to_item_tokens: bool = True  # IDs made only of the item's own words
+    max_source_length: int = 256
+    max_suffix: int = 100000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MintedId:
+    textual_id: str
+    token_ids: list[int]  # without EOS
+    penalty: float
+    min_length: int
+    suffixed: bool
+
+
+@dataclass
+class MintStats:
+    items: int = 0
+    mean_words: float = 0.0
+    max_words: int = 0
+    mean_tokens: float = 0.0
+    max_tokens: int = 0
+    raised_penalty: int = 0
+    raised_length: int = 0
+    suffixed: int = 0
+    generator_calls: int = 0
+    length_histogram: dict[int, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def canonical_id(tokenizer, candidate: str) -> tuple[str, list[int]] | None:
+    """Normalised ID and its tokens, or None if it is empty or does not survive a
+    decode/encode round trip (two distinct IDs must never share a token sequence)."""
+    text = normalize_textual_id(candidate)
+    if not text:
+        return None
+    tokens = encode_text(tokenizer, text)
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in tokens:
+        return None
+    decoded = normalize_textual_id(tokenizer.decode(tokens, skip_special_tokens=True))
+    if decoded != text:
+        return None
+    return text, tokens
+
+
+def mint_ids(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    claim: Callable[[str], bool],
+    config: MintConfig | None = None,
+    progress: bool = False,
+    vocabulary_texts: Sequence[str] | None = None,
+) -> tuple[list[MintedId], MintStats]:
+    """A unique textual ID for every text, in input order.
+
+    `vocabulary_texts[i]` (default: `texts[i]`) holds the words item i's ID may be made of
+    when `config.restrict_to_item_tokens` is on (e.g. metadata values without field names).
+    """
+    config = config or MintConfig()
+    source = [encode_text(tokenizer, t)[: config.max_source_length - 1] + [tokenizer.eos_token_id] for t in texts]
+    allowed = None
+    if config.restrict_to_item_tokens:
+        allowed = [set(encode_text(tokenizer, t)) for t in (vocabulary_texts or texts)]
+    results: list[MintedId | None] = [None] * len(texts)
+    fallback: list[str] = [""] * len(texts)
+    state = {i: (config.penalty_start, config.min_length_start, 0) for i in range(len(texts))}
+    stats = MintStats(items=len(texts))
+    bar = tqdm(total=len(texts), desc="minting IDs", disable=not progress, leave=False)
+    was_raised_penalty: set[int] = set()
+    was_raised_length: set[int] = set()
+    while state:
+        # Items at the same (penalty, length) decode together.
+        by_setting: dict[tuple[float, int, int], list[int]] = {}
+        for i, setting in state.items():
+            by_setting.setdefault(setting, []).append(i)
+        next_state: dict[int, tuple[float, int, int]] = {}
+        for (penalty, min_length, length_step), indices in sorted(by_setting.items()):
+            for start in range(0, len(indices), config.batch_size):
+                batch = indices[start : start + config.batch_size]
+                candidates = diverse_beam_search(
+                    model,
+                    [source[i] for i in batch],
+                    num_groups=config.num_groups,
+                    diversity_penalty=penalty,
+                    min_length=min_length,
+                    max_length=min_length + config.extra_length,
+                    allowed_tokens=[allowed[i] for i in batch] if allowed else None,
+                )
+                stats.generator_calls += 1
+                for i, item_candidates in zip(batch, candidates, strict=True):
+                    texts_tried = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in item_candidates]
+                    minted = _claim_first(tokenizer, texts_tried, claim)
+                    if minted is not None:
+                        text, tokens = minted
+                        results[i] = MintedId(text, tokens, penalty, min_length, suffixed=False)
+                        bar.update(1)
+                        continue
+                    if not fallback[i]:
+                        fallback[i] = next(
+                            (c[0] for c in map(lambda t: canonical_id(tokenizer, t), texts_tried) if c), ""
+                        )
+                    penalty_next = penalty + config.penalty_step
+                    if penalty_next <= config.penalty_max:
+                        was_raised_penalty.add(i)
+                        next_state[i] = (penalty_next, min_length, length_step)
+                    elif length_step + 1 < config.length_steps:
+                        was_raised_length.add(i)
+                        next_state[i] = (
+                            config.penalty_start,
+                            min_length + config.min_length_step,
+                            length_step + 1,
+                        )
+                    else:
+                        results[i] = _suffixed(tokenizer, fallback[i] or _text_words(texts[i]), claim, config)
+                        bar.update(1)
+        state = next_state
+    bar.close()
+    minted = [r for r in results if r is not None]
+    assert len(minted) == len(texts)
+    stats.raised_penalty = len(was_raised_penalty)
+    stats.raised_length = len(was_raised_length)
+    stats.suffixed = sum(r.suffixed for r in minted)
+    _fill_length_stats(stats, minted)
+    return minted, stats
+
+
+def _claim_first(tokenizer, candidates: Sequence[str], claim: Callable[[str], bool]) -> tuple[str, list[int]] | None:
+    seen: set[str] = set()
+    for candidate in candidates:
+        canonical = canonical_id(tokenizer, candidate)
+        if canonical is None or canonical[0] in seen:
+            continue
+        seen.add(canonical[0])
+        if claim(canonical[0]):
+            return canonical
+    return None
+
+
+def _text_words(text: str) -> str:
+    words = normalize_textual_id(text).split(" ")
+    return " ".join(words[:4]) or "item"
+
+
+def _suffixed(tokenizer, base: str, claim: Callable[[str], bool], config: MintConfig) -> MintedId:
+    base = (canonical_id(tokenizer, base) or ("item", []))[0]
+    for n in range(2, config.max_suffix):
+        canonical = canonical_id(tokenizer, f"{base} {n}")
+        if canonical is not None and claim(canonical[0]):
+            return MintedId(canonical[0], canonical[1], config.penalty_max, -1, suffixed=True)
+    raise IdExhaustedError(f"no free ID with a numeric suffix for {base!r}")
+
+
+def _fill_length_stats(stats: MintStats, minted: Sequence[MintedId]) -> None:
+    if not minted:
+        return
+    words = [len(m.textual_id.split(" ")) for m in minted]
+    tokens = [len(m.token_ids) for m in minted]
+    stats.mean_words = sum(words) / len(words)
+    stats.max_words = max(words)
+    stats.mean_tokens = sum(tokens) / len(tokens)
+    stats.max_tokens = max(tokens)
+    histogram: dict[int, int] = {}
+    for w in words:
+        histogram[w] = histogram.get(w, 0) + 1
+    stats.length_histogram = dict(sorted(histogram.items()))

@@ -1,0 +1,169 @@
+"""Typed training configuration, the named presets and command-line overrides."""
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+from genrec.errors import ConfigError
+from genrec.minting import MintConfig
+from genrec.modeling import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"
+    data_dir: str | None = None
+    kcore: int = 5
+    max_history: int = 20
+    max_text_chars: int = 512
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 4000
+    pretrained_path: str | None = None  # a local folder with a pretrained T5 tokenizer
+
+
+@dataclass
+class GeneratorConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmup_epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 64
+    keyword_count: int = 4
+    mint: MintConfig = field(default_factory=MintConfig)
+
+
+@dataclass
+class RecommenderConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    batch_size: int = 64
+    num_train_templates: int = 10  # the first n of genrec.prompts.TRAIN_TEMPLATES
+    max_source_length: int = 512
+    max_prefixes_per_user: int | None = None  # keep only each user's latest prefixes (speed)
+    valid_users: int | None = None  # validate after each epoch on this many users (None: all)
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    num_beams: int = 10
+    batch_size: int = 32
+    users: int | None = None  # evaluate on the first n users (None: all)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "custom"
+    seed: int = 42
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tiny() -> TrainConfig:
+    small = ModelConfig(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, dropout_rate=0.1)
+    return TrainConfig(
+        name="tiny",
+        data=DataConfig(kcore=0),
+        tokenizer=TokenizerConfig(vocab_size=3000),
+        generator=GeneratorConfig(model=copy.deepcopy(small), warmup_epochs=12, lr=5e-3, mint=MintConfig(batch_size=256)),
+        recommender=RecommenderConfig(
+            model=copy.deepcopy(small),
+            epochs=3,
+            lr=3e-3,
+            batch_size=128,
+            max_prefixes_per_user=20,
+            valid_users=200,
+        ),
+        eval=EvalConfig(batch_size=64),
+    )
+
+
+def _ml100k() -> TrainConfig:
+    base = ModelConfig(d_model=128, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=32, dropout_rate=0.1)
+    return TrainConfig(
+        name="ml100k",
+        data=DataConfig(kcore=0),
+        tokenizer=TokenizerConfig(vocab_size=4000),
+        generator=GeneratorConfig(model=copy.deepcopy(base), warmup_epochs=30, lr=3e-3, mint=MintConfig(batch_size=256)),
+        recommender=RecommenderConfig(
+            model=copy.deepcopy(base),
+            epochs=8,
+            lr=2e-3,
+            batch_size=128,
+            max_prefixes_per_user=None,
+            valid_users=300,
+        ),
+        eval=EvalConfig(batch_size=64),
+    )
+
+
+PRESETS = {"tiny": _tiny, "ml100k": _ml100k}
+
+
+def preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown config {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+
+def apply_override(config, assignment: str) -> None:
+    """`section.sub.key=value` with a JSON value (plain strings need no quotes)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    path, raw = assignment.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    target = config
+    parts = path.strip().split(".")
+    for part in parts[:-1]:
+        if not is_dataclass(target) or not hasattr(target, part):
+            raise ConfigError(f"unknown config section {part!r} in {path!r}")
+        target = getattr(target, part)
+    name = parts[-1]
+    if not is_dataclass(target) or name not in {f.name for f in fields(target)}:
+        raise ConfigError(f"unknown config key {path!r}")
+    current = getattr(target, name)
+    if is_dataclass(current):
+        raise ConfigError(f"{path!r} is a section; set one of its keys")
+    if isinstance(current, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{path!r} takes true or false, not {raw!r}")
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and type(current) is not type(value):
+        raise ConfigError(f"{path!r} takes a {type(current).__name__}, not {raw!r}")
+    setattr(target, name, value)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuilds a config recorded in a bundle manifest."""
+    return _build(TrainConfig, data)
+
+
+def _build(cls, data: dict):
+    default = cls()
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            current = getattr(default, f.name)
+            if is_dataclass(current) and isinstance(value, dict):
+                value = _build(type(current), value)
+            kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,49 @@
+"""The ID generator: warm-up on keyword targets, then minting the whole catalog."""
+
+import torch
+
+from genrec.minting import MintConfig, MintedId, MintStats, mint_ids
+from genrec.tokenization import encode_text
+
+from .seq2seq import Example, train_epochs
+
+
+def warm_up_generator(
+    model, tokenizer, texts: list[str], keywords: list[str], *, epochs: int, lr: float, batch_size: int,
+    seed: int, max_source_length: int = 256, progress: bool = True,
+) -> list[float]:
+    """Teaches the generator to turn item text into its distinctive words (SPEC 1.2)."""
+    eos = tokenizer.eos_token_id
+    examples = [
+        Example(source=encode_text(tokenizer, t)[: max_source_length - 1] + [eos], target=encode_text(tokenizer, k) + [eos])
+        for t, k in zip(texts, keywords, strict=True)
+    ]
+    return train_epochs(
+        model,
+        lambda epoch: examples,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=seed,
+        warmup_steps=20,
+        desc="ID generator warm-up",
+        progress=progress,
+    )
+
+
+def mint_catalog(
+    model, tokenizer, texts: list[str], vocabulary_texts: list[str], config: MintConfig, progress: bool = True
+) -> tuple[list[MintedId], MintStats]:
+    """Unique IDs for a whole catalog, batched, claimed in an in-memory set."""
+    taken: set[str] = set()
+
+    def claim(candidate: str) -> bool:
+        if candidate in taken:
+            return False
+        taken.add(candidate)
+        return True
+
+    model.eval()
+    with torch.inference_mode():
+        return mint_ids(model, tokenizer, texts, claim, config, progress=progress, vocabulary_texts=vocabulary_texts)
