@@ -15,6 +15,44 @@ import torch
 from .beam_search import pad_batch
 
 
+class WordConstraint:
+    """The words one item's ID may be made of, as token sequences: an ID is a sequence of
+    whole words of the item's metadata (never a half word glued to another)."""
+
+    def __init__(self, words: Sequence[Sequence[int]]):
+        self.continuations: dict[tuple[int, ...], set[int]] = {}
+        self.complete: set[tuple[int, ...]] = set()
+        self.starts: set[int] = set()
+        self.need: dict[tuple[int, ...], int] = {}  # word prefix -> fewest tokens that complete a word
+        for word in words:
+            word = tuple(int(t) for t in word)
+            if not word:
+                continue
+            self.starts.add(word[0])
+            for i in range(1, len(word)):
+                self.continuations.setdefault(word[:i], set()).add(word[i])
+            for i in range(1, len(word) + 1):
+                self.need[word[:i]] = min(self.need.get(word[:i], len(word) - i), len(word) - i)
+            self.complete.add(word)
+
+    def allowed(self, partial: tuple[int, ...], eos: int, room: int | None = None) -> set[int]:
+        """Tokens that may follow `partial` (the current word so far). `room`: how many more
+        tokens may follow the chosen one before EOS is forced; a token that starts or continues
+        a word which cannot be finished within it is not allowed (no half word at the end)."""
+        allowed = set(self.continuations.get(partial, ()))
+        if not partial or partial in self.complete:
+            allowed |= self.starts
+            allowed.add(eos)
+        if room is not None:
+            allowed = {t for t in allowed if t == eos or self.need[self.advance(partial, t)] <= room}
+        return allowed
+
+    def advance(self, partial: tuple[int, ...], token: int) -> tuple[int, ...]:
+        if token in self.continuations.get(partial, ()):
+            return partial + (token,)
+        return (token,)
+
+
 @dataclass(frozen=True)
 class Candidate:
     token_ids: list[int]  # generated tokens, without EOS
@@ -32,12 +70,15 @@ def diverse_beam_search(
     max_length: int = 11,
     allowed_tokens: Sequence[Sequence[int]] | None = None,
     no_repeat_tokens: bool = True,
+    word_constraints: Sequence[WordConstraint] | None = None,
 ) -> list[list[Candidate]]:
     """G candidates per input, best (most probable) first.
 
     `min_length`: EOS is forbidden before this many tokens; `max_length`: EOS is forced at
     this length. `allowed_tokens[i]`: the only tokens item i's ID may use (EOS is always
-    allowed). `no_repeat_tokens`: a beam never repeats one of its own tokens.
+    allowed). `no_repeat_tokens`: a beam never repeats one of its own tokens (without
+    word constraints; with them, repeated words are dropped by the minting loop).
+    `word_constraints[i]`: item i's ID is a sequence of whole words from that list.
     """
     config = model.config
     eos, pad = config.eos_token_id, config.pad_token_id
@@ -70,6 +111,7 @@ def diverse_beam_search(
     lengths = torch.zeros(rows, dtype=torch.long)
     log_prob_sums = torch.zeros(rows)
     last = torch.full((rows,), config.decoder_start_token_id, dtype=torch.long)
+    partial_words: list[tuple[int, ...]] = [()] * rows
     past = None
     for step in range(max_length):
         out = model(
@@ -85,14 +127,27 @@ def diverse_beam_search(
         scores[:, pad] = float("-inf")
         if allowed_mask is not None:
             scores.masked_fill_(~allowed_mask, float("-inf"))
-        if no_repeat_tokens:
+        if no_repeat_tokens and word_constraints is None:
             scores.masked_fill_(used, float("-inf"))
+        if word_constraints is not None:
+            word_mask = torch.ones((rows, vocab), dtype=torch.bool)
+            row_index, token_index = [], []
+            for row in range(rows):
+                if bool(finished[row]):
+                    continue
+                room = max_length - step - 2  # tokens that may still follow this step's one
+                tokens = word_constraints[row // num_groups].allowed(partial_words[row], eos, room)
+                row_index.extend([row] * len(tokens))
+                token_index.extend(tokens)
+            word_mask[row_index, token_index] = False
+            scores.masked_fill_(word_mask, float("-inf"))
         if step < min_length:
             scores[:, eos] = float("-inf")
         if step == max_length - 1:
             scores.fill_(float("-inf"))
             scores[:, eos] = 0.0
-        # A beam with nothing left to say must end.
+        # A beam with nothing left to say must end (with word constraints only at a word
+        # boundary: `room` keeps every word finishable before max_length).
         stuck = torch.isinf(scores).all(dim=1)
         scores[stuck, eos] = 0.0
         scores = scores.view(items, num_groups, vocab)
@@ -110,6 +165,10 @@ def diverse_beam_search(
         log_prob_sums += torch.where(finished, torch.zeros_like(gained), gained)
         generated[:, step] = token
         live = ~finished
+        if word_constraints is not None:
+            for row in torch.nonzero(live & (token != eos)).flatten().tolist():
+                constraint = word_constraints[row // num_groups]
+                partial_words[row] = constraint.advance(partial_words[row], int(token[row]))
         used[live, token[live]] = True
         lengths += (live & (token != eos)).long()
         finished |= token == eos

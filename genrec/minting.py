@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from .diverse_beam import diverse_beam_search
+from .diverse_beam import WordConstraint, diverse_beam_search
 from .errors import IdExhaustedError
 from .textual_ids import normalize_textual_id
 from .tokenization import encode_text
@@ -28,7 +28,7 @@ class MintConfig:
     length_steps: int = 2  # how many minimum lengths are tried before the suffix fallback
     extra_length: int = 10  # max_length = min_length + extra_length
     batch_size: int = 64
-    restrict_to_item_tokens: bool = True  # IDs made only of the item's own words
+    restrict_to_item_words: bool = True  # IDs made only of whole words of the item's metadata
     max_source_length: int = 256
     max_suffix: int = 100000
 
@@ -89,13 +89,13 @@ def mint_ids(
     """A unique textual ID for every text, in input order.
 
     `vocabulary_texts[i]` (default: `texts[i]`) holds the words item i's ID may be made of
-    when `config.restrict_to_item_tokens` is on (e.g. metadata values without field names).
+    when `config.restrict_to_item_words` is on (e.g. metadata values without field names).
     """
     config = config or MintConfig()
     source = [encode_text(tokenizer, t)[: config.max_source_length - 1] + [tokenizer.eos_token_id] for t in texts]
-    allowed = None
-    if config.restrict_to_item_tokens:
-        allowed = [set(encode_text(tokenizer, t)) for t in (vocabulary_texts or texts)]
+    constraints = None
+    if config.restrict_to_item_words:
+        constraints = [item_word_constraint(tokenizer, t) for t in (vocabulary_texts or texts)]
     results: list[MintedId | None] = [None] * len(texts)
     fallback: list[str] = [""] * len(texts)
     state = {i: (config.penalty_start, config.min_length_start, 0) for i in range(len(texts))}
@@ -119,7 +119,7 @@ def mint_ids(
                     diversity_penalty=penalty,
                     min_length=min_length,
                     max_length=min_length + config.extra_length,
-                    allowed_tokens=[allowed[i] for i in batch] if allowed else None,
+                    word_constraints=[constraints[i] for i in batch] if constraints else None,
                 )
                 stats.generator_calls += 1
                 for i, item_candidates in zip(batch, candidates, strict=True):
@@ -132,7 +132,8 @@ def mint_ids(
                         continue
                     if not fallback[i]:
                         fallback[i] = next(
-                            (c[0] for c in map(lambda t: canonical_id(tokenizer, t), texts_tried) if c), ""
+                            (c[0] for c in map(lambda t: canonical_id(tokenizer, _without_repeats(t)), texts_tried) if c),
+                            "",
                         )
                     penalty_next = penalty + config.penalty_step
                     if penalty_next <= config.penalty_max:
@@ -146,7 +147,8 @@ def mint_ids(
                             length_step + 1,
                         )
                     else:
-                        results[i] = _suffixed(tokenizer, fallback[i] or _text_words(texts[i]), claim, config)
+                        words = _text_words((vocabulary_texts or texts)[i] if config.restrict_to_item_words else texts[i])
+                        results[i] = _suffixed(tokenizer, fallback[i] or words, claim, config)
                         bar.update(1)
         state = next_state
     bar.close()
@@ -159,10 +161,16 @@ def mint_ids(
     return minted, stats
 
 
+def item_word_constraint(tokenizer, text: str) -> WordConstraint:
+    """The item's distinct normalised words, each tokenised as it is inside an ID."""
+    words = dict.fromkeys(normalize_textual_id(text).split(" "))
+    return WordConstraint([encode_text(tokenizer, w) for w in words if w])
+
+
 def _claim_first(tokenizer, candidates: Sequence[str], claim: Callable[[str], bool]) -> tuple[str, list[int]] | None:
     seen: set[str] = set()
     for candidate in candidates:
-        canonical = canonical_id(tokenizer, candidate)
+        canonical = canonical_id(tokenizer, _without_repeats(candidate))
         if canonical is None or canonical[0] in seen:
             continue
         seen.add(canonical[0])
@@ -171,8 +179,13 @@ def _claim_first(tokenizer, candidates: Sequence[str], claim: Callable[[str], bo
     return None
 
 
+def _without_repeats(text: str) -> str:
+    """The normalised candidate with repeated words dropped (an ID never repeats a word)."""
+    return " ".join(dict.fromkeys(normalize_textual_id(text).split(" ")))
+
+
 def _text_words(text: str) -> str:
-    words = normalize_textual_id(text).split(" ")
+    words = _without_repeats(text).split(" ")
     return " ".join(words[:4]) or "item"
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 from genrec.errors import ConfigError
@@ -76,7 +77,7 @@ def _tiny() -> TrainConfig:
     return TrainConfig(
         name="tiny",
         data=DataConfig(kcore=0),
-        tokenizer=TokenizerConfig(vocab_size=3000),
+        tokenizer=TokenizerConfig(vocab_size=5000),
         generator=GeneratorConfig(model=copy.deepcopy(small), warmup_epochs=12, lr=5e-3, mint=MintConfig(batch_size=256)),
         recommender=RecommenderConfig(
             model=copy.deepcopy(small),
@@ -95,7 +96,7 @@ def _ml100k() -> TrainConfig:
     return TrainConfig(
         name="ml100k",
         data=DataConfig(kcore=0),
-        tokenizer=TokenizerConfig(vocab_size=4000),
+        tokenizer=TokenizerConfig(vocab_size=5000),
         generator=GeneratorConfig(model=copy.deepcopy(base), warmup_epochs=30, lr=3e-3, mint=MintConfig(batch_size=256)),
         recommender=RecommenderConfig(
             model=copy.deepcopy(base),
@@ -140,6 +141,8 @@ def apply_override(config, assignment: str) -> None:
     current = getattr(target, name)
     if is_dataclass(current):
         raise ConfigError(f"{path!r} is a section; set one of its keys")
+    if isinstance(current, str) and value is not None and not isinstance(value, str):
+        value = raw.strip()  # a string field takes the text as written (e.g. a folder named 5)
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ConfigError(f"{path!r} takes true or false, not {raw!r}")
     if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
@@ -148,7 +151,27 @@ def apply_override(config, assignment: str) -> None:
         value = float(value)
     if current is not None and value is not None and type(current) is not type(value):
         raise ConfigError(f"{path!r} takes a {type(current).__name__}, not {raw!r}")
+    if current is None and value is not None:
+        value = _typed_for_optional(type(target), name, value, raw, path)
     setattr(target, name, value)
+
+
+def _typed_for_optional(cls, name: str, value, raw: str, path: str):
+    """A value for a field whose current value is None: checked against the field's annotation
+    (e.g. `int | None`), since there is no current value to take the type from."""
+    expected = [t for t in typing.get_args(typing.get_type_hints(cls)[name]) if t is not type(None)]
+    if not expected:
+        return value
+    if str in expected and not isinstance(value, str):
+        return raw.strip()  # e.g. a folder named 5
+    if float in expected and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if int in expected and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) not in expected:
+        names = " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{path!r} takes a {names} or null, not {raw!r}")
+    return value
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -88,7 +88,7 @@ def train_recommender(
         valid_ndcg.append(value)
         if validate is None or value > best["ndcg"]:
             best.update(epoch=epoch, ndcg=value, state=copy.deepcopy(model.state_dict()))
-        if rank == 0 and progress:
+        if rank == 0:
             print(f"  recommender epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {value:.4f}", flush=True)
 
     if on_examples is not None:

@@ -13,16 +13,17 @@ SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A Unigram (SentencePiece-style) tokenizer, lower-casing, with T5's special tokens."""
-    tokenizer = Tokenizer(models.Unigram())
+    """A SentencePiece-style tokenizer (BPE over Metaspace words), lower-casing, with T5's
+    special tokens. BPE rather than Unigram: on a catalog-sized corpus the `tokenizers`
+    Unigram trainer stops far below the requested size and splits even the most frequent
+    words ('tit'+'le'), which doubles prompt lengths; BPE keeps frequent words whole."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Metaspace()]
     )
     tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     corpus = list(texts) + [t.replace("{user_id}", "").replace("{history}", "") for t in TRAIN_TEMPLATES]
     corpus.append(HISTORY_SEPARATOR)
     tokenizer.train_from_iterator(corpus, trainer=trainer)

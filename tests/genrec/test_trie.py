@@ -1,0 +1,268 @@
+"""Tests of genrec/trie.py: CSR tables vs a hand-built dict trie, overlay, dead nodes, key encoding."""
+
+import random
+
+import pytest
+import torch
+
+from genrec.trie import TextualIdTrie, build_tables, decode_key, encode_key
+
+EOS = 1
+
+
+def random_sequences(rng: random.Random, count: int, vocab: range, max_len: int = 4) -> list[tuple[int, ...]]:
+    """`count` distinct keys (tokens + EOS), some of them prefixes of others."""
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[int, ...]] = []
+    while len(out) < count:
+        if out and rng.random() < 0.3:
+            # A prefix of an existing ID, or an existing ID extended by a token.
+            body = out[rng.randrange(len(out))][:-1]
+            body = body[: rng.randint(1, len(body))] if rng.random() < 0.5 else body + (rng.choice(vocab),)
+        else:
+            body = tuple(rng.choice(vocab) for _ in range(rng.randint(1, max_len)))
+        key = body + (EOS,)
+        if key not in seen:
+            seen.add(key)
+            out.append(key)
+    return out
+
+
+def dict_trie(sequences):
+    """Reference trie: nested dicts token -> subtree; the EOS edge leads to {'item': index}."""
+    root: dict = {}
+    for index, seq in enumerate(sequences):
+        node = root
+        for token in seq[:-1]:
+            node = node.setdefault(token, {})
+        node[seq[-1]] = {"item": index}
+    return root
+
+
+def assert_tables_match(tables, reference, node=0, prefix=()):
+    tokens, children = tables.allowed(node)
+    expected = sorted(k for k in reference if k != "item")
+    assert tokens == expected, f"children of prefix {prefix}"
+    assert tokens == sorted(tokens)
+    if "item" in reference:
+        assert int(tables.leaf_item[node]) == reference["item"], f"leaf at {prefix}"
+        assert int(tables.item_leaf[reference["item"]]) == node
+    else:
+        assert int(tables.leaf_item[node]) == -1, f"inner node at {prefix}"
+    leaves = 1 if "item" in reference else 0
+    for token, child in zip(tokens, children, strict=True):
+        assert int(tables.parent[child]) == node
+        leaves += assert_tables_match(tables, reference[token], child, prefix + (token,))
+    assert int(tables.leaf_count[node]) == leaves, f"leaf count at {prefix}"
+    return leaves
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tables_match_dict_trie(seed):
+    rng = random.Random(seed)
+    sequences = random_sequences(rng, 60, range(3, 15))
+    assert any(a != b and b[: len(a) - 1] == a[:-1] for a in sequences for b in sequences), (
+        "fixture should contain IDs that are prefixes of others"
+    )
+    trie = TextualIdTrie([f"i{n}" for n in range(len(sequences))], sequences, EOS)
+    tables = trie.tables()
+    leaves = assert_tables_match(tables, dict_trie(sequences))
+    assert leaves == len(sequences)
+    assert tables.max_depth == max(len(s) for s in sequences)
+    assert int(tables.parent[0]) == -1
+    # Every node except the root is reached exactly once.
+    assert sorted(tables.children.tolist()) == list(range(1, tables.num_nodes))
+    # allowed_tokens (the reference decoder's walk) agrees with the dict trie at every prefix.
+    reference = dict_trie(sequences)
+    for seq in sequences:
+        node = reference
+        for depth in range(len(seq)):
+            assert trie.allowed_tokens(seq[:depth]) == sorted(k for k in node if k != "item")
+            node = node[seq[depth]]
+    assert trie.allowed_tokens((99,)) == []
+
+
+def test_build_tables_maps_leaves_to_given_item_indices():
+    tables = build_tables([(5, EOS), (5, 6, EOS)], [7, 3])
+    leaf_of = {int(tables.leaf_item[n]): n for n in range(tables.num_nodes) if int(tables.leaf_item[n]) >= 0}
+    assert set(leaf_of) == {7, 3}
+    assert int(tables.item_leaf[7]) == leaf_of[7]
+    assert int(tables.item_leaf[3]) == leaf_of[3]
+    assert int(tables.item_leaf[0]) == -1  # indices not given have no leaf
+
+
+def test_ids_that_are_prefixes_of_other_ids():
+    sequences = [(5, EOS), (5, 6, EOS), (5, 6, 7, EOS), (8, EOS)]
+    trie = TextualIdTrie(["a", "b", "c", "d"], sequences, EOS)
+    assert trie.allowed_tokens(()) == [5, 8]
+    assert trie.allowed_tokens((5,)) == [EOS, 6]
+    assert trie.allowed_tokens((5, 6)) == [EOS, 7]
+    assert trie.allowed_tokens((5, 6, 7)) == [EOS]
+    assert trie.allowed_tokens((5, 6, 7, EOS)) == []
+    for index, seq in enumerate(sequences):
+        assert trie.find(seq) == index
+
+
+def test_find():
+    trie = TextualIdTrie(["a", "b"], [(5, 6, EOS), (7, EOS)], EOS)
+    assert trie.find((5, 6, EOS)) == 0
+    assert trie.find([7, EOS]) == 1
+    assert trie.find((5, 6)) is None  # a prefix without EOS is not an item
+    assert trie.find((5, EOS)) is None
+    assert trie.find(()) is None
+    assert trie.index_of("b") == 1
+    assert trie.index_of("zzz") is None
+
+
+def test_overlay_add():
+    trie = TextualIdTrie(["a", "b"], [(5, 6, EOS), (7, EOS)], EOS)
+    before = trie.tables()
+    index = trie.add("c", [5, 9, EOS])
+    assert index == 2
+    assert len(trie) == 3 and trie.overlay_size == 1
+    # Idempotent for the same key and sequence.
+    assert trie.add("c", (5, 9, EOS)) == 2
+    assert len(trie) == 3 and trie.overlay_size == 1
+    # The same key with another sequence, or another key with a taken sequence, is refused.
+    with pytest.raises(ValueError):
+        trie.add("c", (7, 9, EOS))
+    with pytest.raises(ValueError):
+        trie.add("d", (5, 6, EOS))  # taken by base item "a"
+    with pytest.raises(ValueError):
+        trie.add("d", (5, 9, EOS))  # taken by overlay item "c"
+    with pytest.raises(ValueError):
+        trie.add("d", (5, 9))  # no EOS
+    assert len(trie) == 3
+    # Visible to lookups and in fresh decoding tables.
+    assert trie.find((5, 9, EOS)) == 2
+    assert trie.index_of("c") == 2
+    assert trie.sequence(2) == (5, 9, EOS)
+    tables = trie.tables()
+    assert tables is not before
+    assert before.num_nodes < tables.num_nodes  # the old snapshot is untouched
+    assert trie.allowed_tokens((5,)) == [6, 9]
+    leaf = int(tables.item_leaf[2])
+    assert leaf > 0 and int(tables.leaf_item[leaf]) == 2
+    # An overlay item that is a prefix of a base item.
+    trie.add("e", (7, 8, EOS))
+    assert trie.allowed_tokens((7,)) == [EOS, 8]
+    assert_tables_match(trie.tables(), dict_trie([trie.sequence(i) for i in range(len(trie))]))
+
+
+def test_duplicate_sequences_and_keys_refused():
+    with pytest.raises(ValueError):
+        TextualIdTrie(["a", "b"], [(5, EOS), (5, EOS)], EOS)
+    with pytest.raises(ValueError):
+        TextualIdTrie(["a", "a"], [(5, EOS), (6, EOS)], EOS)
+    with pytest.raises(ValueError):
+        TextualIdTrie(["a"], [(5, EOS), (6, EOS)], EOS)
+    for bad in [(EOS,), (5,), (5, EOS, 6, EOS), ()]:
+        with pytest.raises(ValueError):
+            TextualIdTrie(["a"], [bad], EOS)
+
+
+def _node_of(trie, prefix):
+    tables = trie.tables()
+    node = 0
+    for token in prefix:
+        tokens, children = tables.allowed(node)
+        node = children[tokens.index(token)]
+    return node
+
+
+def test_dead_nodes():
+    sequences = [(5, 6, EOS), (5, 7, EOS), (5, EOS), (8, 9, EOS)]
+    trie = TextualIdTrie(["a", "b", "c", "d"], sequences, EOS)
+    tables = trie.tables()
+    n = {
+        p: _node_of(trie, p) for p in [(5,), (5, 6), (5, 6, EOS), (5, 7), (5, 7, EOS), (5, EOS), (8,), (8, 9)]
+    }
+    # Excluding some items under (5,) prunes only their own branches.
+    assert set(tables.dead_nodes([0])) == {n[(5, 6)], n[(5, 6, EOS)]}
+    assert set(tables.dead_nodes([0, 1])) == {n[(5, 6)], n[(5, 6, EOS)], n[(5, 7)], n[(5, 7, EOS)]}
+    # Excluding every item under (5,) prunes (5,) itself.
+    assert n[(5,)] in set(tables.dead_nodes([0, 1, 2]))
+    assert set(tables.dead_nodes([3])) == {n[(8,)], n[(8, 9)], _node_of(trie, (8, 9, EOS))}
+    assert 0 not in tables.dead_nodes([0, 1, 2, 3])  # the root is never returned
+    assert tables.dead_nodes([]) == []
+    assert tables.dead_nodes([-1, 99]) == []  # unknown indices are ignored
+    assert set(tables.dead_nodes([0, 0, 0])) == set(tables.dead_nodes([0]))  # duplicates count once
+
+
+def test_dead_nodes_long_exclusion_list_matches_short_path():
+    rng = random.Random(3)
+    sequences = random_sequences(rng, 50, range(3, 9))
+    tables = TextualIdTrie([str(i) for i in range(50)], sequences, EOS).tables()
+    reference = dict_trie(sequences)
+
+    def items_below(node_dict):
+        found = {node_dict["item"]} if "item" in node_dict else set()
+        for key, child in node_dict.items():
+            if key != "item":
+                found |= items_below(child)
+        return found
+
+    for trial in range(5):
+        excluded = set(rng.sample(range(50), 5 + 8 * trial))  # both code paths (<= 8 and > 8)
+        dead = set(tables.dead_nodes(sorted(excluded)))
+        # Walk the reference: a node is dead iff all items below it are excluded.
+        expected = set()
+        stack = [(reference, 0)]
+        while stack:
+            node_dict, node = stack.pop()
+            for token, child in zip(*tables.allowed(node), strict=True):
+                if items_below(node_dict[token]) <= excluded:
+                    expected.add(child)
+                stack.append((node_dict[token], child))
+        assert dead == expected
+
+
+def test_expand():
+    trie = TextualIdTrie(["a", "b", "c"], [(5, 6, EOS), (5, 7, EOS), (8, EOS)], EOS)
+    tables = trie.tables()
+    n5 = _node_of(trie, (5,))
+    nodes = torch.tensor([0, -1, n5, _node_of(trie, (5, 6, EOS))])
+    rows, tokens, children = tables.expand(nodes)
+    got = sorted(zip(rows.tolist(), tokens.tolist(), children.tolist(), strict=True))
+    expected = sorted(
+        [(0, t, c) for t, c in zip(*tables.allowed(0), strict=True)]
+        + [(2, t, c) for t, c in zip(*tables.allowed(n5), strict=True)]
+    )
+    assert got == expected
+    rows, tokens, children = tables.expand(torch.tensor([-1, -1]))
+    assert rows.numel() == tokens.numel() == children.numel() == 0
+
+
+def test_key_round_trip_including_surrogate_range():
+    tokens = [
+        0,
+        1,
+        2,
+        0xD7FF,
+        0xD800,
+        0xDBFF,
+        0xDC00,
+        0xDFFF,
+        0xE000,
+        0xE7FF,
+        0xE800,
+        0xFFFF,
+        0x10000,
+        250_000,
+    ]
+    key = encode_key(tokens)
+    assert len(key) == len(tokens)
+    assert decode_key(key) == tokens
+    key.encode("utf-8")  # no lone surrogates
+    assert len({encode_key([t]) for t in tokens}) == len(tokens)  # injective
+    # The marisa base stores and finds such keys.
+    sequences = [(0xD800, EOS), (0xD7FF, 0xE000, EOS), (0xDFFF, 250_000, EOS), (0xE800, EOS)]
+    trie = TextualIdTrie(["a", "b", "c", "d"], sequences, EOS)
+    for index, seq in enumerate(sequences):
+        assert trie.find(seq) == index
+    assert trie.allowed_tokens(()) == sorted([0xD800, 0xD7FF, 0xDFFF, 0xE800])
+    assert trie.allowed_tokens((0xDFFF,)) == [250_000]
+    rng = random.Random(0)
+    for _ in range(200):
+        seq = [rng.randrange(0, 0x10F7FF) for _ in range(rng.randint(0, 5))]
+        assert decode_key(encode_key(seq)) == seq

@@ -1,0 +1,98 @@
+"""One rank of the DDP test (tests/training/test_ddp.py); started by torchrun, not by pytest.
+
+Trains a tiny recommender on a tiny split and writes `{out_dir}/rank{rank}.json` with the
+example indices this rank trained on (epoch 0) and a hash of the weights after training.
+"""
+
+import hashlib
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from genrec.modeling import ModelConfig, build_t5
+from genrec.tokenization import encode_text
+from training.config import RecommenderConfig
+from training.data import SplitData
+from training.pipeline import init_distributed
+from training.recommender import train_recommender
+from training.seq2seq import distributed_world
+from training.tokenizer_training import train_tokenizer
+
+TINY = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
+WORDS = ["red", "blue", "green", "shoe", "lamp", "book", "cup", "bag", "small", "large"]
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(out_dir: Path) -> None:
+    torch.set_num_threads(1)
+    init_distributed()
+    rank, world = distributed_world()
+    rng = random.Random(0)  # the same data on every rank
+    items = [f"i{n}" for n in range(20)]
+    textual = {item: f"{WORDS[n % 10]} {WORDS[(n * 3 + 1) % 10]} {n}" for n, item in enumerate(items)}
+    tokenizer = train_tokenizer(list(textual.values()), vocab_size=80)
+    item_tokens = {item: encode_text(tokenizer, t) for item, t in textual.items()}
+    train, valid, test = {}, {}, {}
+    for u in range(12):
+        sequence = rng.sample(items, rng.randint(5, 8))
+        train[f"u{u}"], valid[f"u{u}"], test[f"u{u}"] = sequence[:-2], sequence[-2], sequence[-1]
+    split = SplitData(train=train, valid=valid, test=test)
+
+    model = build_t5(TINY, tokenizer, seed=0)
+    initial = weights_sha256(model)
+    seen: dict[str, object] = {}
+
+    def on_examples(example_rank: int, indices: list[int]) -> None:
+        seen["rank"] = example_rank
+        seen["indices"] = list(indices)
+
+    config = RecommenderConfig(
+        model=TINY,
+        epochs=2,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=0,
+        num_train_templates=3,
+        max_source_length=128,
+    )
+    history = train_recommender(
+        model,
+        tokenizer,
+        split,
+        item_tokens,
+        config,
+        max_history=5,
+        seed=0,
+        validate=None,
+        progress=False,
+        on_examples=on_examples,
+    )
+    result = {
+        "rank": rank,
+        "world": world,
+        "callback_rank": seen.get("rank"),
+        "indices": seen.get("indices"),
+        "examples": history["examples"],
+        "loss": history["loss"],
+        "initial_sha256": initial,
+        "weights_sha256": weights_sha256(model),
+    }
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,60 @@
+"""Data-parallel training of the recommender under torchrun: 2 CPU processes, gloo."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_path):
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(tmp_path),
+    ]
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"torchrun did not finish in 180 s:\n{exc.stdout}\n{exc.stderr}")
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+
+    results = {r["rank"]: r for r in (json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json")))}
+    assert set(results) == {0, 1}
+    first, second = results[0], results[1]
+    for rank, r in results.items():
+        assert r["world"] == 2
+        assert r["callback_rank"] == rank
+    examples = first["examples"]
+    assert examples == second["examples"] > 0
+
+    a, b = first["indices"], second["indices"]
+    assert a != b
+    # Equal shares (the shuffle is padded by wrapping so the ranks stay in step) ...
+    assert len(a) == len(b) == math.ceil(examples / 2)
+    assert len(set(a)) == len(a) and len(set(b)) == len(b)
+    # ... that together cover every example, overlapping only by the padding.
+    assert set(a) | set(b) == set(range(examples))
+    assert len(set(a) & set(b)) == 2 * math.ceil(examples / 2) - examples
+
+    # Gradients were averaged: both ranks end with the same weights, and training changed them.
+    assert first["initial_sha256"] == second["initial_sha256"]
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["weights_sha256"] != first["initial_sha256"]
+    assert first["loss"] == pytest.approx(second["loss"])
+    assert len(first["loss"]) == 2
