@@ -44,6 +44,9 @@ class RecommenderConfig:
     warmup_steps: int = 100
     batch_size: int = 64
     num_train_templates: int = 10  # the first n of genrec.prompts.TRAIN_TEMPLATES
+    # Share of examples rendered with the test template (TRAIN_TEMPLATES[0]); None samples all
+    # n templates uniformly, as the reference does. Small models learn faster with a larger share.
+    test_template_share: float | None = None
     max_source_length: int = 512
     max_prefixes_per_user: int | None = None  # keep only each user's latest prefixes (speed)
     valid_users: int | None = None  # validate after each epoch on this many users (None: all)
@@ -52,7 +55,7 @@ class RecommenderConfig:
 
 @dataclass
 class EvalConfig:
-    num_beams: int = 10
+    num_beams: int = 20  # beam >= k; 20 finds better-scoring IDs than 10 for a few ms more per user
     batch_size: int = 32
     users: int | None = None  # evaluate on the first n users (None: all)
 
@@ -73,7 +76,7 @@ class TrainConfig:
 
 
 def _tiny() -> TrainConfig:
-    small = ModelConfig(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, dropout_rate=0.1)
+    small = ModelConfig(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, dropout_rate=0.0)
     return TrainConfig(
         name="tiny",
         data=DataConfig(kcore=0),
@@ -81,18 +84,22 @@ def _tiny() -> TrainConfig:
         generator=GeneratorConfig(model=copy.deepcopy(small), warmup_epochs=12, lr=5e-3, mint=MintConfig(batch_size=256)),
         recommender=RecommenderConfig(
             model=copy.deepcopy(small),
-            epochs=3,
-            lr=3e-3,
-            batch_size=128,
-            max_prefixes_per_user=20,
-            valid_users=200,
+            epochs=8,
+            lr=1e-2,
+            batch_size=64,
+            warmup_steps=50,
+            # One template: at this size the model learns several times faster (measured:
+            # valid NDCG@10 0.047 with 1 template vs 0.015-0.024 with 5 or 10 after 4 epochs).
+            num_train_templates=1,
+            max_prefixes_per_user=10,
+            valid_users=500,
         ),
         eval=EvalConfig(batch_size=64),
     )
 
 
 def _ml100k() -> TrainConfig:
-    base = ModelConfig(d_model=128, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4, d_kv=32, dropout_rate=0.1)
+    base = ModelConfig(d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32, dropout_rate=0.0)
     return TrainConfig(
         name="ml100k",
         data=DataConfig(kcore=0),
@@ -100,11 +107,14 @@ def _ml100k() -> TrainConfig:
         generator=GeneratorConfig(model=copy.deepcopy(base), warmup_epochs=30, lr=3e-3, mint=MintConfig(batch_size=256)),
         recommender=RecommenderConfig(
             model=copy.deepcopy(base),
-            epochs=8,
-            lr=2e-3,
-            batch_size=128,
-            max_prefixes_per_user=None,
-            valid_users=300,
+            epochs=6,
+            lr=5e-3,
+            batch_size=64,
+            warmup_steps=200,
+            num_train_templates=5,
+            test_template_share=0.5,
+            max_prefixes_per_user=50,
+            valid_users=None,
         ),
         eval=EvalConfig(batch_size=64),
     )

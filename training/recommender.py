@@ -35,11 +35,18 @@ def render_examples(
     eos_token_id: int,
     rng: random.Random,
     user_tokens: Callable[[str, list[str]], list[int] | None] | None = None,
+    first_template_share: float | None = None,
 ) -> list[Example]:
-    """One example per pair, each with a template sampled from `templates`."""
+    """One example per pair, each with a template sampled from `templates` (the first one
+    with probability `first_template_share` if given, else uniformly)."""
     examples = []
     for user, history, target in pairs:
-        template = templates[rng.randrange(len(templates))]
+        if first_template_share is not None and (len(templates) == 1 or rng.random() < first_template_share):
+            template = templates[0]
+        elif first_template_share is not None:
+            template = templates[1 + rng.randrange(len(templates) - 1)]
+        else:
+            template = templates[rng.randrange(len(templates))]
         prompt = renderer.render(
             template, [item_tokens[i] for i in history], user_tokens(user, history) if user_tokens else None
         )
@@ -72,7 +79,10 @@ def train_recommender(
 
     def make_examples(epoch: int) -> list[Example]:
         rng = random.Random(seed * 7919 + epoch)
-        return render_examples(pairs, item_tokens, renderer, templates, tokenizer.eos_token_id, rng)
+        return render_examples(
+            pairs, item_tokens, renderer, templates, tokenizer.eos_token_id, rng,
+            first_template_share=config.test_template_share,
+        )
 
     valid_ndcg: list[float] = []
     best = {"epoch": -1, "ndcg": float("-inf"), "state": None}
