@@ -190,7 +190,10 @@ def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True
         users,
     )
     result["kind"] = bundle.kind
-    if users is None:
+    if users is None:  # a full re-evaluation replaces the recorded metrics, keeping the rest
+        saved_path = Path(bundle_dir) / "eval.json"
+        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+        saved.update(result)
         update_manifest(bundle_dir, metrics={k: result[k] for k in ("valid", "test", "baselines")})
-        update_bundle_files(bundle_dir, {"eval.json": json.dumps(result, indent=2)})
+        update_bundle_files(bundle_dir, {"eval.json": json.dumps(saved, indent=2)})
     return result
