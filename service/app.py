@@ -1,0 +1,467 @@
+"""The FastAPI app: `create_app(settings)`.
+
+Start (lifespan): load the bundle on the inference thread, connect Redis (or start the
+embedded one), seed the bundle's items, load the items minted so far from the events stream,
+then follow the stream. Nothing heavy happens at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, Request, Response
+from redis.exceptions import RedisError
+
+from genrec.bundle import Bundle, load_bundle
+from genrec.errors import StoreUnavailableError
+
+from .batching import BatcherClosed, MicroBatcher
+from .catalog import Catalog, EventFollower
+from .embedded_redis import EmbeddedRedis
+from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
+from .errors import ApiError, ErrorResponse, install_error_handlers, invalid
+from .metrics import ServiceMetrics
+from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from .registry import CommitResult, ItemRecord, Registry
+from .schemas import (
+    Health,
+    ItemCreated,
+    ItemCreateRequest,
+    ItemRecordResponse,
+    Readiness,
+    RecommendationRequest,
+    RecommendationResponse,
+    RecommendedItem,
+)
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+API_VERSION = "1.0.0"
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """Short digest of every file of the bundle (from its manifest's checksums)."""
+    files = bundle.manifest.get("files", {})
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def id_space_digest(bundle: Bundle) -> str:
+    """Digest of what textual IDs depend on (items and tokenizer): the default Redis namespace
+    changes when a new bundle brings other IDs, and stays when only the recommender changed."""
+    files = bundle.manifest.get("files", {})
+    parts = {k: v for k, v in files.items() if k == "items.jsonl" or k.startswith("tokenizer/")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_slug(bundle: Bundle) -> str:
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(bundle.manifest.get("dataset") or ""))[:40].strip("-")
+    return dataset or "catalog"
+
+
+def default_catalog(bundle: Bundle) -> str:
+    """Redis namespace of a bundle's catalog: its dataset and the digest of its ID space."""
+    return f"{dataset_slug(bundle)}-{id_space_digest(bundle)}"
+
+
+class ServiceState:
+    """Everything one app instance holds; built in the lifespan, torn down at shutdown."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.bundle: Bundle | None = None
+        self.catalog: Catalog | None = None
+        self.registry: Registry | None = None
+        self.engine: Engine | None = None
+        self.embedded: EmbeddedRedis | None = None
+        self.follower: EventFollower | None = None
+        self.recommend_batcher: MicroBatcher | None = None
+        self.mint_batcher: MicroBatcher | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.model_info: dict[str, Any] = {}
+        self.ready = False
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._inflight_mints: dict[str, asyncio.Task] = {}
+        self._fold_task: asyncio.Task | None = None
+        self.metrics = ServiceMetrics(catalog_size=lambda: float(len(self.catalog)) if self.catalog else 0.0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-inference")
+        loop = asyncio.get_running_loop()
+        try:
+            self.bundle = await loop.run_in_executor(
+                self.executor, lambda: load_bundle(s.bundle, verify=s.verify_bundle)
+            )
+            self.catalog = Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
+            digest = bundle_digest(self.bundle)
+            self.model_info = {
+                "kind": self.bundle.kind,
+                "bundle": f"{dataset_slug(self.bundle)}-{digest}",
+                "dataset": self.bundle.manifest.get("dataset"),
+                "created_at": self.bundle.manifest.get("created_at"),
+            }
+            url = s.redis_url
+            if url is None:
+                self.embedded = EmbeddedRedis(s.data_dir)
+                url = await asyncio.to_thread(self.embedded.start)
+            catalog_name = s.catalog or default_catalog(self.bundle)
+            self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id)
+            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
+            await self._wait_for_redis()
+            seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
+            events, last_id = await self.registry.load_events()
+            self.follower = EventFollower(
+                self.registry,
+                self.catalog,
+                last_id,
+                on_error=lambda _exc: self.metrics.redis_errors.labels(operation="follow").inc(),
+            )
+            self.follower.apply(events)  # the items minted before this start
+            self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
+            await self.registry.connect_follower()
+            self.follower.start()
+            self.recommend_batcher = MicroBatcher(
+                "recommend",
+                self.engine.recommend_batch,
+                self.executor,
+                max_batch=s.max_batch_size,
+                max_wait_ms=s.max_wait_ms,
+                on_batch=lambda n: self.metrics.batch_size.labels(kind="recommend").observe(n),
+            )
+            self.mint_batcher = MicroBatcher(
+                "mint",
+                self.engine.mint_batch,
+                self.executor,
+                max_batch=s.max_batch_size,
+                max_wait_ms=s.max_wait_ms,
+                on_batch=lambda n: self.metrics.batch_size.labels(kind="mint").observe(n),
+                discard=self._discard_mint,
+            )
+            self.recommend_batcher.start()
+            self.mint_batcher.start()
+            self._after_add(followed=False, count=False)
+            self.ready = True
+            log.info(
+                "serving %s bundle %s: %d items (%d minted), catalog %r, seeding %s",
+                self.bundle.kind, self.model_info["bundle"], len(self.catalog), len(events), catalog_name, seeded,
+            )
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_for_redis(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.redis_startup_timeout_s
+        while True:
+            try:
+                await self.registry.ping()
+                return
+            except (RedisError, OSError) as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise StoreUnavailableError(f"Redis at {_redact(self.registry.url)} does not answer: {exc}") from exc
+                await asyncio.sleep(0.25)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self.follower is not None:
+            await self.follower.stop()
+        for batcher in (self.recommend_batcher, self.mint_batcher):
+            if batcher is not None:
+                await batcher.stop()
+        for task in list(self._inflight_mints.values()):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 10)
+            except (Exception, asyncio.CancelledError):
+                pass
+        if self._fold_task is not None:
+            await asyncio.gather(self._fold_task, return_exceptions=True)
+        if self.registry is not None:
+            await self.registry.close()
+        if self.executor is not None:
+            await asyncio.to_thread(self.executor.shutdown, True)
+            self.executor = None
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    # ------------------------------------------------------------------ catalog upkeep
+
+    def _after_add(self, *, followed: bool, count: bool = True) -> None:
+        if count and followed:
+            self.metrics.items_followed.inc()
+        catalog = self.catalog
+        self.metrics.trie_overlay_items.set(catalog.overlay_size)
+        if catalog.overlay_size >= self.settings.trie_fold_threshold and (
+            self._fold_task is None or self._fold_task.done()
+        ):
+            self._fold_task = asyncio.create_task(self._fold())
+
+    async def _fold(self) -> None:
+        if await asyncio.to_thread(self.catalog.fold):
+            self.metrics.trie_folds.inc()
+            self.metrics.trie_overlay_items.set(self.catalog.overlay_size)
+
+    # ------------------------------------------------------------------ recommendations
+
+    async def recommend(self, body: RecommendationRequest) -> RecommendationResponse:
+        s = self.settings
+        if len(body.history) > s.max_history:
+            raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
+        if body.k > s.max_k:
+            raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
+        missing = self.catalog.unknown(body.history)
+        if missing:
+            missing = await self._look_up_missing(missing)
+        if missing:
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog",
+                           {"item_ids": missing})
+        job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
+        rows = await self.recommend_batcher.submit(job)
+        items = [
+            RecommendedItem(item_id=r.item_id, textual_id=self.catalog.textual_id(r.item_id) or "", score=r.score)
+            for r in rows
+        ]
+        return RecommendationResponse(items=items, model=self.model_info)
+
+    async def _look_up_missing(self, item_ids: list[str]) -> list[str]:
+        """Ids still unknown after asking Redis: an item minted on another replica a moment
+        ago is usable here before the event follower brings it."""
+        if len(item_ids) > 64:
+            return item_ids
+        try:
+            for record in await self.registry.get_items(item_ids):
+                self._learn(record)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels(operation="lookup").inc()
+            log.warning("looking up unknown history items in Redis failed: %s", exc)
+        return self.catalog.unknown(item_ids)
+
+    # ------------------------------------------------------------------ minting
+
+    async def create_item(self, body: ItemCreateRequest) -> tuple[str, bool]:
+        """(textual_id, created) for the item; mints it when nobody has."""
+        s = self.settings
+        if len(body.metadata) > s.max_metadata_fields:
+            raise invalid("metadata", f"at most {s.max_metadata_fields} fields (got {len(body.metadata)})")
+        text, vocabulary = texts_for(body.metadata, self.engine.max_text_chars)
+        if len(text) > s.max_metadata_chars:
+            raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
+        if not text or not vocabulary.strip():
+            raise invalid("metadata", "has no text (every value is empty)")
+        item_id = body.item_id
+        known = self.catalog.textual_id(item_id)
+        if known is not None:
+            return known, False
+        inflight = self._inflight_mints.get(item_id)
+        if inflight is None:
+            existing = await self.registry.get_item(item_id)
+            if existing is not None:
+                self._learn(existing)
+                return existing.textual_id, False
+            inflight = self._inflight_mints.get(item_id)  # another request may have started meanwhile
+        if inflight is not None:
+            result = await asyncio.shield(inflight)
+            return result.record.textual_id, False
+        task = asyncio.create_task(self._mint_and_commit(MintJob(item_id, text, vocabulary), body.metadata))
+        self._inflight_mints[item_id] = task
+        task.add_done_callback(lambda _t: self._inflight_mints.pop(item_id, None))
+        result = await asyncio.shield(task)  # a client that goes away does not stop a mint halfway
+        return result.record.textual_id, result.created
+
+    async def _mint_and_commit(self, job: MintJob, metadata: dict) -> CommitResult:
+        try:
+            minted: MintResult = await self.mint_batcher.submit(job)
+        except BatcherClosed as exc:
+            raise ApiError(503, "shutting_down", "the service is shutting down") from exc
+        result = await self.registry.commit(
+            job.item_id,
+            minted.minted.textual_id,
+            self.engine.trie_key(minted.minted),
+            job.text,
+            metadata,
+            minted.marker,
+        )
+        self._learn(result.record)
+        if result.created:
+            self.metrics.items_minted.inc()
+        return result
+
+    def _learn(self, record: ItemRecord) -> None:
+        try:
+            if self.catalog.add(record.item_id, record.textual_id, record.token_ids):
+                self._after_add(followed=False, count=False)
+        except ValueError as exc:
+            log.error("item %r cannot join the trie: %s", record.item_id, exc)
+
+    def _discard_mint(self, job: MintJob, result: MintResult) -> None:
+        asyncio.get_running_loop().create_task(self.registry.release(result.minted.textual_id, result.marker))
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_item(self, item_id: str) -> ItemRecordResponse:
+        record = await self.registry.get_item(item_id)
+        if record is None:
+            raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the catalog", {"item_id": item_id})
+        return ItemRecordResponse(
+            item_id=record.item_id,
+            textual_id=record.textual_id,
+            metadata=record.metadata,
+            text=record.text,
+            source=record.source,
+            created_at=record.created_at or None,
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        checks = {"bundle": "ok" if self.ready and self.engine is not None else "not loaded"}
+        if self.registry is None:
+            checks["redis"] = "not connected"
+        else:
+            try:
+                await asyncio.wait_for(self.registry.ping(), timeout=1.0)
+                checks["redis"] = "ok"
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.metrics.redis_errors.labels(operation="ping").inc()
+                checks["redis"] = f"unreachable ({type(exc).__name__})"
+        return checks
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    if not state.ready:
+        raise ApiError(503, "not_ready", "the service is starting or stopping")
+    return state
+
+
+def _require_write_token(request: Request) -> None:
+    settings: Settings = request.app.state.service.settings
+    if not settings.write_protected():
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(given, expected):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "this endpoint needs 'Authorization: Bearer <API token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        401: "missing or wrong API token",
+        404: "unknown item",
+        413: "request body too large",
+        422: "invalid request (fields listed in details) or unknown item ids",
+        503: "not ready, or Redis unavailable",
+    }.items()
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="genrec",
+        version=API_VERSION,
+        description=(
+            "Generative recommendation (IDGenRec): textual item IDs, trie-constrained beam search, "
+            "and ID minting for new items. Errors are `{\"error\": {\"code\", \"message\", \"details\"}}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+
+    @app.post(
+        "/v1/recommendations",
+        response_model=RecommendationResponse,
+        responses={s: _ERRORS[s] for s in (413, 422, 503)},
+        tags=["recommendations"],
+        summary="Top-k next items for a history",
+    )
+    async def recommendations(body: RecommendationRequest, svc: ServiceState = Depends(_state)):
+        return await svc.recommend(body)
+
+    @app.post(
+        "/v1/items",
+        response_model=ItemCreated,
+        status_code=201,
+        responses={200: {"model": ItemCreated, "description": "the item existed: its ID"},
+                   **{s: _ERRORS[s] for s in (401, 413, 422, 503)}},
+        tags=["items"],
+        summary="Mint a unique textual ID for a new item (idempotent per item_id)",
+        dependencies=[Depends(_require_write_token)],
+    )
+    async def create_item(body: ItemCreateRequest, response: Response, svc: ServiceState = Depends(_state)):
+        textual_id, created = await svc.create_item(body)
+        if not created:
+            response.status_code = 200
+        return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created)
+
+    @app.get(
+        "/v1/items/{item_id:path}",
+        response_model=ItemRecordResponse,
+        responses={s: _ERRORS[s] for s in (404, 503)},
+        tags=["items"],
+        summary="An item's textual ID and metadata",
+    )
+    async def get_item(item_id: str, svc: ServiceState = Depends(_state)):
+        return await svc.get_item(item_id)
+
+    @app.get("/healthz", response_model=Health, tags=["operations"], summary="The process is alive")
+    async def healthz():
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: _ERRORS[503]},
+        tags=["operations"],
+        summary="Bundle loaded and Redis answering",
+    )
+    async def readyz():
+        checks = await state.readiness()
+        failing = {name: value for name, value in checks.items() if value != "ok"}
+        if failing:
+            message = "; ".join(f"{name}: {value}" for name, value in failing.items())
+            raise ApiError(503, "not_ready", message, {"checks": checks})
+        return Readiness(status="ready", checks=checks)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    async def metrics():
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app

@@ -1,0 +1,169 @@
+"""The replica's in-memory catalog: the textual-ID trie (marisa base + overlay of minted items)
+and item lookups, plus the follower that learns other replicas' minted items from Redis.
+
+Folding: `TextualIdTrie` keeps the bundle's items in an immutable marisa trie and minted ones
+in an overlay. `fold()` builds a new trie whose base holds every item, in the same index order,
+and swaps it in atomically. A decode that started on the old trie stays correct: item indices
+never change, and the new trie only knows more items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from redis.exceptions import RedisError
+
+from genrec.bundle import BundleItem
+from genrec.trie import TextualIdTrie
+
+from .registry import MintedEvent, Registry
+
+log = logging.getLogger("service.catalog")
+
+
+class Catalog:
+    """Item id <-> textual ID <-> trie index, for the bundle's items and the minted ones."""
+
+    def __init__(self, items: Sequence[BundleItem], eos_token_id: int):
+        self.eos_token_id = eos_token_id
+        self._trie = TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
+        self._textual: dict[str, str] = {i.item_id: i.textual_id for i in items}
+        self._bundle_text: dict[str, str] = {i.item_id: i.text for i in items}
+        self._write_lock = threading.Lock()  # adds and the swap of a fold
+        self._fold_lock = threading.Lock()  # one fold at a time
+        self.folds = 0
+
+    @property
+    def trie(self) -> TextualIdTrie:
+        return self._trie
+
+    def __len__(self) -> int:
+        return len(self._trie)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._textual
+
+    @property
+    def overlay_size(self) -> int:
+        return self._trie.overlay_size
+
+    def textual_id(self, item_id: str) -> str | None:
+        return self._textual.get(item_id)
+
+    def bundle_text(self, item_id: str) -> str | None:
+        return self._bundle_text.get(item_id)
+
+    def unknown(self, item_ids: Iterable[str]) -> list[str]:
+        """The ids (first occurrence order, no repeats) that the catalog does not hold."""
+        return [i for i in dict.fromkeys(item_ids) if i not in self._textual]
+
+    def add(self, item_id: str, textual_id: str, token_ids: Sequence[int]) -> bool:
+        """Adds a minted item (idempotent); True when it was new. ValueError on a conflict."""
+        with self._write_lock:
+            if item_id in self._textual:
+                if self._textual[item_id] != textual_id:
+                    raise ValueError(f"item {item_id!r} already has the textual ID {self._textual[item_id]!r}")
+                return False
+            self._trie.add(item_id, token_ids)
+            self._textual[item_id] = textual_id
+            return True
+
+    def fold(self) -> bool:
+        """Rebuilds the trie with the overlay folded into its marisa base; safe while decodes
+        and adds run (adds made during the rebuild are replayed before the swap)."""
+        if not self._fold_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._write_lock:
+                old = self._trie
+                if old.overlay_size == 0:
+                    return False
+                count = len(old)
+                keys = old.item_keys[:count]
+                sequences = [old.sequence(i) for i in range(count)]
+            new = TextualIdTrie(keys, sequences, self.eos_token_id)  # the slow part, outside the write lock
+            with self._write_lock:
+                for index in range(count, len(old)):
+                    new.add(old.item_keys[index], old.sequence(index))
+                new.tables()  # the first decode after the swap should not pay for it
+                self._trie = new
+            self.folds += 1
+            return True
+        finally:
+            self._fold_lock.release()
+
+
+class EventFollower:
+    """Reads the events stream from the last id seen and adds other replicas' items."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        catalog: Catalog,
+        last_id: str,
+        *,
+        block_ms: int = 1000,
+        on_added: Callable[[MintedEvent], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ):
+        self.registry = registry
+        self.catalog = catalog
+        self.last_id = last_id
+        self.block_ms = block_ms
+        self.on_added = on_added
+        self.on_error = on_error
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    def apply(self, events: Iterable[MintedEvent]) -> int:
+        added = 0
+        for event in events:
+            self.last_id = event.entry_id
+            try:
+                if self.catalog.add(event.item_id, event.textual_id, event.token_ids):
+                    added += 1
+                    if self.on_added is not None:
+                        self.on_added(event)
+            except ValueError as exc:
+                log.warning("event %s: item %r not added: %s", event.entry_id, event.item_id, exc)
+        return added
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                events = await self.registry.read_events(self.last_id, block_ms=self.block_ms)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
+                if self.on_error is not None:
+                    self.on_error(exc)
+                log.warning("following the events stream failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            self.apply(events)
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name="genrec-event-follower")
+
+    async def stop(self) -> None:
+        """Cancels the follower; the stop flag ends it as well should a cancellation be lost
+        inside the Redis client (its blocking read returns within block_ms)."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=self.block_ms / 1000 + 5)
+        if not done:
+            log.warning("the event follower did not stop")
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("the event follower ended with %r", task.exception())

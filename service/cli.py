@@ -1,0 +1,65 @@
+"""`genrec-serve --bundle DIR [--host H] [--port P]`: the service under uvicorn.
+
+Every other setting comes from the environment (see service/settings.py). A bad bundle or a
+bad setting stops the start with one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from genrec.bundle import read_manifest, verify_bundle
+from genrec.errors import BundleError
+
+
+def _settings_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genrec-serve", description="Serve a genrec bundle over HTTP.")
+    parser.add_argument("--bundle", help="bundle folder (default: $GENREC_BUNDLE)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    args = parser.parse_args(argv)
+
+    from .settings import Settings
+
+    overrides = {"bundle": args.bundle} if args.bundle else {}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"genrec-serve: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    try:
+        manifest = verify_bundle(settings.bundle) if settings.verify_bundle else read_manifest(settings.bundle)
+        if manifest.get("kind") != "idgenrec":
+            raise BundleError(f"the service serves idgenrec bundles; {settings.bundle} is {manifest.get('kind')!r}")
+    except BundleError as exc:
+        print(f"genrec-serve: bad bundle: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no weight-loading bars in a server's log
+
+    import uvicorn
+
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

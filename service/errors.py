@@ -1,0 +1,151 @@
+"""The HTTP error envelope and the mapping of domain errors to it.
+
+Every error response is `{"error": {"code", "message", "details"}}`. Messages say what is
+wrong with the request; they never carry tracebacks, file paths or Redis internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genrec.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    GenRecError,
+    IdExhaustedError,
+    StoreUnavailableError,
+    UnknownItemError,
+)
+
+log = logging.getLogger("service")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """What every 4xx/5xx response carries."""
+
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error the API layer raises on purpose, with its HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, details: Any = None, headers=None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def invalid(field: str, message: str) -> ApiError:
+    """A 422 for one request field, shaped like the validation errors."""
+    return ApiError(422, "invalid_request", f"{field}: {message}", {"fields": [{"field": field, "message": message}]})
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+def domain_error(exc: GenRecError) -> ApiError:
+    """Domain exception -> the API error that reports it."""
+    if isinstance(exc, UnknownItemError):
+        return ApiError(
+            422,
+            "unknown_items",
+            f"{len(exc.item_ids)} item id(s) are not in the catalog",
+            {"item_ids": exc.item_ids},
+        )
+    if isinstance(exc, StoreUnavailableError):
+        return ApiError(503, "store_unavailable", "the item registry (Redis) is unavailable; try again later")
+    if isinstance(exc, IdExhaustedError):
+        return ApiError(503, "id_exhausted", "no free textual ID could be minted for this item")
+    if isinstance(exc, ConfigError | DataError):
+        return ApiError(422, "invalid_request", str(exc))
+    if isinstance(exc, BundleError):
+        return ApiError(503, "bundle_unavailable", "the model bundle is not usable")
+    return ApiError(500, "internal_error", "internal error")
+
+
+def _count_redis_error(request: Request) -> None:
+    state = getattr(request.app.state, "service", None)
+    if state is not None:
+        state.metrics.redis_errors.labels(operation="request").inc()
+
+
+def _field_name(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        fields = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            fields.append({"field": _field_name(loc), "message": err.get("msg", "invalid"), "type": err.get("type")})
+        if any(f["type"] == "json_invalid" for f in fields):
+            return error_response(400, "invalid_json", "the request body is not valid JSON", {"fields": fields})
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        return error_response(422, "invalid_request", summary or "invalid request", {"fields": fields})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = _STATUS_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(GenRecError)
+    async def _domain(request: Request, exc: GenRecError):
+        err = domain_error(exc)
+        if isinstance(exc, StoreUnavailableError):
+            _count_redis_error(request)
+        if err.status >= 500:
+            log.warning("request failed: %s: %s", type(exc).__name__, exc)
+        return error_response(err.status, err.code, err.message, err.details)
+
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError):
+        log.warning("Redis error: %s: %s", type(exc).__name__, exc)
+        _count_redis_error(request)
+        return error_response(503, "store_unavailable", "the item registry (Redis) is unavailable; try again later")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,73 @@
+"""Prometheus metrics, one CollectorRegistry per app (two apps in one process never clash)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    def __init__(self, catalog_size: Callable[[], float] | None = None):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "genrec_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "genrec_http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decode_latency = Histogram(
+            "genrec_decode_duration_seconds", "one batched constrained decode", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "genrec_batch_size", "requests per decode or mint batch", ["kind"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.mint_latency = Histogram(
+            "genrec_mint_duration_seconds", "one batched ID-minting run", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.items_minted = Counter("genrec_items_minted", "items minted by this replica", registry=r)
+        self.items_followed = Counter(
+            "genrec_items_followed", "items minted by other replicas, learned from the event stream", registry=r
+        )
+        self.redis_errors = Counter("genrec_redis_errors", "failed Redis operations", ["operation"], registry=r)
+        self.catalog_items = Gauge("genrec_catalog_items", "items the trie holds (bundle + minted)", registry=r)
+        self.trie_overlay_items = Gauge("genrec_trie_overlay_items", "minted items not yet folded into the base", registry=r)
+        self.trie_folds = Counter("genrec_trie_folds", "rebuilds of the trie base", registry=r)
+        if catalog_size is not None:
+            self.catalog_items.set_function(catalog_size)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        labels = (method, route, str(status))
+        self.requests.labels(*labels).inc()
+        self.request_latency.labels(*labels).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`"""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start

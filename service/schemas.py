@@ -1,0 +1,164 @@
+"""Request and response bodies of the API (strict: no silent coercion of wrong types)."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+
+def _no_control_characters(value: str) -> str:
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+ItemId = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=256, examples=["50"]),
+    AfterValidator(_no_control_characters),
+]
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
+MetadataText = Annotated[StrictStr, Field(max_length=4096)]
+MetadataValue = (
+    MetadataText
+    | StrictInt
+    | Annotated[StrictFloat, AfterValidator(_finite)]
+    | Annotated[list[Annotated[StrictStr, Field(max_length=256)]], Field(max_length=64)]
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class RecommendationRequest(_Strict):
+    history: list[ItemId] = Field(
+        ..., min_length=1, description="item ids the user interacted with, oldest first (GENREC_MAX_HISTORY at most)"
+    )
+    user_id: Annotated[StrictStr, Field(max_length=256)] | None = Field(
+        None, description="accepted; used once a bundle is trained with textual user IDs"
+    )
+    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)")
+    exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True}]},
+    )
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    textual_id: str = Field(description="the item's textual ID (what the model generated)")
+    score: float = Field(description="log-probability of the textual ID under the recommender")
+
+
+class ModelInfo(BaseModel):
+    kind: str = Field(examples=["idgenrec"])
+    bundle: str = Field(description="dataset and a short digest of the bundle's files", examples=["ml-100k-3f2a9c1d0b4e"])
+    dataset: str | None = None
+    created_at: str | None = None
+
+
+class RecommendationResponse(BaseModel):
+    items: list[RecommendedItem]
+    model: ModelInfo
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"item_id": "174", "textual_id": "raiders lost ark", "score": -1.23},
+                        {"item_id": "172", "textual_id": "empire strikes back", "score": -1.87},
+                    ],
+                    "model": {"kind": "idgenrec", "bundle": "ml-100k-3f2a9c1d0b4e", "dataset": "ml-100k",
+                              "created_at": "2025-01-01T00:00:00+00:00"},
+                }
+            ]
+        }
+    )
+
+
+class ItemCreateRequest(_Strict):
+    item_id: ItemId
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        ...,
+        min_length=1,
+        description="non-empty: strings, numbers or lists of strings (lists are joined with spaces)",
+    )
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "new-1001",
+                    "metadata": {"title": "Toy Story 5", "year": 2026, "genres": ["Animation", "Comedy"]},
+                }
+            ]
+        },
+    )
+
+
+class ItemCreated(BaseModel):
+    item_id: str
+    textual_id: str
+    created: bool = Field(description="true when this call minted the ID; false when the item existed")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"item_id": "new-1001", "textual_id": "toy story 5", "created": True}]}
+    )
+
+
+class ItemRecordResponse(BaseModel):
+    item_id: str
+    textual_id: str
+    metadata: dict | None = Field(None, description="metadata as posted (null for the bundle's own items)")
+    text: str = Field(description="the flattened item text the ID generator read")
+    source: str = Field(description='"bundle" or "minted"')
+    created_at: str | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "new-1001",
+                    "textual_id": "toy story 5",
+                    "metadata": {"title": "Toy Story 5", "year": 2026, "genres": ["Animation", "Comedy"]},
+                    "text": "title: Toy Story 5; year: 2026; genres: Animation Comedy",
+                    "source": "minted",
+                    "created_at": "2026-01-01T12:00:00.000+00:00",
+                }
+            ]
+        }
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, str] = Field(examples=[{"bundle": "ok", "redis": "ok"}])
