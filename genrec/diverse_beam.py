@@ -123,14 +123,9 @@ def diverse_beam_search(
         )
         past = out.past_key_values
         log_probs = torch.log_softmax(out.logits[:, -1, :vocab].float(), dim=-1).cpu()
-        scores = log_probs.clone()
-        scores[:, pad] = float("-inf")
-        if allowed_mask is not None:
-            scores.masked_fill_(~allowed_mask, float("-inf"))
-        if no_repeat_tokens and word_constraints is None:
-            scores.masked_fill_(used, float("-inf"))
         if word_constraints is not None:
-            word_mask = torch.ones((rows, vocab), dtype=torch.bool)
+            # Only the few tokens each row's word constraint allows are copied into an all
+            # -inf matrix (no dense clone and mask of rows x vocab).
             row_index, token_index = [], []
             for row in range(rows):
                 if bool(finished[row]):
@@ -139,8 +134,17 @@ def diverse_beam_search(
                 tokens = word_constraints[row // num_groups].allowed(partial_words[row], eos, room)
                 row_index.extend([row] * len(tokens))
                 token_index.extend(tokens)
-            word_mask[row_index, token_index] = False
-            scores.masked_fill_(word_mask, float("-inf"))
+            scores = torch.full_like(log_probs, float("-inf"))
+            if row_index:
+                r, t = torch.tensor(row_index), torch.tensor(token_index)
+                scores[r, t] = log_probs[r, t]
+        else:
+            scores = log_probs.clone()
+        scores[:, pad] = float("-inf")
+        if allowed_mask is not None:
+            scores.masked_fill_(~allowed_mask, float("-inf"))
+        if no_repeat_tokens and word_constraints is None:
+            scores.masked_fill_(used, float("-inf"))
         if step < min_length:
             scores[:, eos] = float("-inf")
         if step == max_length - 1:
@@ -148,7 +152,7 @@ def diverse_beam_search(
             scores[:, eos] = 0.0
         # A beam with nothing left to say must end (with word constraints only at a word
         # boundary: `room` keeps every word finishable before max_length).
-        stuck = torch.isinf(scores).all(dim=1)
+        stuck = scores.amax(dim=1) == float("-inf")
         scores[stuck, eos] = 0.0
         scores = scores.view(items, num_groups, vocab)
         chosen = torch.empty((items, num_groups), dtype=torch.long)

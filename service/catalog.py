@@ -84,9 +84,12 @@ class Catalog:
                 count = len(old)
                 keys = old.item_keys[:count]
                 sequences = [old.sequence(i) for i in range(count)]
-            new = TextualIdTrie(keys, sequences, self.eos_token_id)  # the slow part, outside the write lock
+            # The slow part (marisa and the base decoding tables), outside the write lock:
+            # adds and decodes go on against the old trie meanwhile.
+            new = TextualIdTrie(keys, sequences, self.eos_token_id)
+            new.base_tables()
             with self._write_lock:
-                for index in range(count, len(old)):
+                for index in range(count, len(old)):  # adds made meanwhile: overlay edges only
                     new.add(old.item_keys[index], old.sequence(index))
                 new.tables()  # the first decode after the swap should not pay for it
                 self._trie = new

@@ -311,3 +311,48 @@ def test_exclude_history(recommender):
     # exclude_items adds more exclusions.
     more = recommender.recommend([["item0"]], k=3, num_beams=6, exclude_items=[[top[0][0].item_id]])
     assert top[0][0].item_id not in {r.item_id for r in more[0]}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("num_beams", "k"), [(6, 6), (8, 3)])
+def test_random_tries_with_overlay_fast_equals_generate(model, tokenizer, prompts, seed, num_beams, k):
+    """Random tries (prefix IDs included) whose last IDs were minted into the overlay, with
+    exclusions: fast path == reference path, batched == one request at a time."""
+    eos = tokenizer.eos_token_id
+    sequences = make_sequences(len(tokenizer), eos, seed=10 + seed)
+    trie = make_trie(sequences[:25], eos)
+    trie.tables()
+    for i, seq in enumerate(sequences[25:]):
+        trie.add(f"minted{i}", seq)
+    assert trie.overlay_size == len(sequences) - 25
+    rng = random.Random(seed)
+    exclude = [rng.sample(range(len(trie)), rng.randint(0, 6)) for _ in prompts]
+    exclude[0] = list(range(25, len(trie)))[:4]  # overlay items excluded
+    fast = constrained_beam_search(model, prompts, trie.tables(), num_beams=num_beams, k=k, exclude=exclude)
+    ref = reference_generate_topk(model, prompts, trie, num_beams=num_beams, k=k, exclude=exclude)
+    for prompt, banned, got, expected in zip(prompts, exclude, fast, ref, strict=True):
+        assert not {s.item_index for s in got} & set(banned)
+        assert_same_ranking(got, expected)
+        single = constrained_beam_search(model, [prompt], trie.tables(), num_beams=num_beams, k=k, exclude=[banned])
+        assert_same_ranking(got, single[0])  # padding moves scores by ~1e-5
+    # A full beam sees every item, overlay ones included, with its brute-force score.
+    n = len(trie)
+    full = constrained_beam_search(model, prompts[:2], trie.tables(), num_beams=n, k=n)
+    for prompt, got in zip(prompts[:2], full, strict=True):
+        assert_same_ranking(got, brute_force(model, prompt, trie))
+
+
+def test_requests_finishing_early_leave_the_batch(model, tokenizer, sequences, prompts):
+    """Short and long IDs mixed with many requests: batched answers equal single answers even
+    when some requests stop several steps before the others."""
+    eos = tokenizer.eos_token_id
+    trie = make_trie(sequences, eos)
+    many = prompts * 3
+    exclude = [[], [0, 1, 2], list(range(3, 20)), [5]] * 3
+    batched = constrained_beam_search(model, many, trie.tables(), num_beams=4, k=2, exclude=exclude)
+    for prompt, banned, got in zip(many, exclude, batched, strict=True):
+        single = constrained_beam_search(model, [prompt], trie.tables(), num_beams=4, k=2, exclude=[banned])
+        assert_same_ranking(got, single[0])  # padding moves scores by ~1e-5
+    ref = reference_generate_topk(model, many, trie, num_beams=4, k=2, exclude=exclude)
+    for got, expected in zip(batched, ref, strict=True):
+        assert_same_ranking(got, expected)

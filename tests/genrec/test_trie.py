@@ -266,3 +266,68 @@ def test_key_round_trip_including_surrogate_range():
     for _ in range(200):
         seq = [rng.randrange(0, 0x10F7FF) for _ in range(rng.randint(0, 5))]
         assert decode_key(encode_key(seq)) == seq
+
+
+def _paths(tables, node=0, prefix=()):
+    """Every node path of the tables: prefix -> (sorted tokens, leaf item)."""
+    tokens, children = tables.allowed(node)
+    found = {prefix: (tokens, int(tables.items_at(torch.tensor([node]))[0]))}
+    for token, child in zip(tokens, children, strict=True):
+        found.update(_paths(tables, child, prefix + (token,)))
+    return found
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_incremental_overlay_equals_full_rebuild(seed):
+    """Adding items one by one (overlay edges merged at expand time) gives the same allowed
+    tokens and leaves at every node path as tables built from scratch over all items."""
+    rng = random.Random(seed)
+    sequences = random_sequences(rng, 80, range(3, 12))
+    base, added = sequences[:50], sequences[50:]
+    trie = TextualIdTrie([str(i) for i in range(50)], base, EOS)
+    base_tables = trie.tables()
+    for i, seq in enumerate(added):
+        trie.add(f"new{i}", seq)
+        if i % 7 == 0:  # snapshots in between stay consistent too
+            partial = build_tables(sequences[: 51 + i], range(51 + i))
+            assert _paths(trie.tables(), 0) == _paths(partial, 0)
+    assert trie.base_tables() is base_tables  # the base was never rebuilt
+    full = build_tables(sequences, range(len(sequences)))
+    tables = trie.tables()
+    assert _paths(tables) == _paths(full)
+    assert_tables_match(tables, dict_trie(sequences))
+    # expand over every node agrees with allowed(), for base and overlay nodes alike.
+    nodes = torch.arange(-1, tables.num_nodes)
+    rows, tokens, children = tables.expand(nodes)
+    assert torch.equal(rows, torch.sort(rows).values)
+    got: dict[int, list] = {}
+    for r, t, c in zip(rows.tolist(), tokens.tolist(), children.tolist(), strict=True):
+        got.setdefault(int(nodes[r]), []).append((t, c))
+    for node in range(tables.num_nodes):
+        assert sorted(got.get(node, [])) == sorted(zip(*tables.allowed(node), strict=True))
+    # The padded form holds the same edges.
+    tokens, children, valid = tables.expand_padded(nodes)
+    for row, node in enumerate(nodes.tolist()):
+        pairs = sorted(zip(tokens[row][valid[row]].tolist(), children[row][valid[row]].tolist(), strict=True))
+        assert pairs == (sorted(zip(*tables.allowed(node), strict=True)) if node >= 0 else [])
+    # Root (dense first level) and dead nodes see the overlay as well.
+    assert tables.root_tokens.tolist() == tables.allowed(0)[0]
+    excluded = rng.sample(range(len(sequences)), 30)
+    assert sorted(tables.dead_nodes(excluded)) == sorted(
+        _node_path_map(tables)[p] for p in _node_path_map(full) if _node_path_map(full)[p] in full.dead_nodes(excluded)
+    )
+
+
+def _node_path_map(tables, node=0, prefix=()):
+    found = {prefix: node}
+    for token, child in zip(*tables.allowed(node), strict=True):
+        found.update(_node_path_map(tables, child, prefix + (token,)))
+    return found
+
+
+def test_vectorised_build_on_a_larger_catalog():
+    rng = random.Random(7)
+    sequences = random_sequences(rng, 2000, range(3, 40), max_len=6)
+    tables = build_tables(sequences, range(len(sequences)))
+    assert_tables_match(tables, dict_trie(sequences))
+    assert tables.root_tokens.tolist() == tables.allowed(0)[0]

@@ -1,0 +1,235 @@
+"""The real service under uvicorn (a subprocess on loopback) driven by async httpx clients at
+concurrency 1, 4, 16 and 64 for a fixed number of POST /v1/recommendations requests:
+throughput, p50 and p99 latency, with micro-batching on (GENREC_MAX_BATCH_SIZE=32,
+GENREC_MAX_WAIT_MS=5) and off (GENREC_MAX_BATCH_SIZE=1)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from genrec.bundle import load_bundle
+
+from .common import load_split, mean, parser, percentile, plot_path, print_table, pyplot, setup, write_json
+
+MODES = {
+    "batching on": {"GENREC_MAX_BATCH_SIZE": "32", "GENREC_MAX_WAIT_MS": "5"},
+    "batching off": {"GENREC_MAX_BATCH_SIZE": "1", "GENREC_MAX_WAIT_MS": "0"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_url(requested: str | None) -> str | None:
+    """The given URL, else a local Redis on db 15 when one answers, else None (embedded)."""
+    import redis
+
+    url = requested or "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+        return url
+    except Exception:
+        if requested:
+            raise
+        return None
+
+
+def clean_keys(url: str | None, catalog: str) -> int:
+    if url is None:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"genrec:{{{catalog}}}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    return len(keys)
+
+
+class Server:
+    def __init__(self, bundle: Path, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {
+            **os.environ,
+            **env,
+            "GENREC_BUNDLE": str(bundle),
+            "GENREC_TORCH_THREADS": env.get("GENREC_TORCH_THREADS", "1"),
+        }
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=full,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError("the service did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+async def drive(url: str, bodies: list[dict], concurrency: int) -> dict:
+    """Sends every body once with `concurrency` clients in flight; latencies per request."""
+    latencies: list[float] = []
+    errors = 0
+    queue = list(reversed(bodies))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def worker():
+            nonlocal errors
+            while queue:
+                body = queue.pop()
+                start = time.perf_counter()
+                response = await client.post("/v1/recommendations", json=body)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {
+        "requests": len(bodies),
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "throughput_rps": len(bodies) / wall,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "mean_ms": 1000 * mean(latencies),
+        "errors": errors,
+    }
+
+
+def main(argv=None) -> dict:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=128, help="requests per concurrency level (default 128)")
+    p.add_argument("--concurrency", default="1,4,16,64")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--redis-url", default=None, help="default: redis://127.0.0.1:6379/15 if up, else embedded"
+    )
+    args = p.parse_args(argv)
+    setup(args)
+    bundle = load_bundle(args.bundle, load_models=False)
+    split = load_split(bundle).split
+    max_history = int(bundle.config.get("data", {}).get("max_history", 20))
+    rng = random.Random(0)
+    users = split.users
+    bodies = [
+        {
+            "history": split.history(rng.choice(users), "test", max_history),
+            "k": args.k,
+            "exclude_history": True,
+        }
+        for _ in range(args.requests)
+    ]
+    url = redis_url(args.redis_url)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="genrec-serve-load-") as tmp:
+        for mode, env in MODES.items():
+            catalog = f"bench-{uuid.uuid4().hex[:12]}"
+            env = {**env, "GENREC_CATALOG": catalog, "GENREC_DATA_DIR": str(Path(tmp) / "redis")}
+            if url:
+                env["REDIS_URL"] = url
+            server = Server(args.bundle, env, Path(tmp) / f"server-{catalog}.log")
+            try:
+                server.wait_ready()
+                asyncio.run(drive(server.url, bodies[: min(16, len(bodies))], 4))  # warm-up
+                results[mode] = [asyncio.run(drive(server.url, bodies, c)) for c in levels]
+            finally:
+                server.stop()
+                clean_keys(url, catalog)
+            print(f"{mode} done", flush=True)
+    rows = []
+    for mode, runs in results.items():
+        for r in runs:
+            rows.append(
+                [
+                    mode,
+                    r["concurrency"],
+                    r["requests"],
+                    r["throughput_rps"],
+                    r["p50_ms"],
+                    r["p99_ms"],
+                    r["errors"],
+                ]
+            )
+    print_table(
+        "service under load (POST /v1/recommendations)",
+        ["mode", "concurrency", "requests", "req/s", "p50 ms", "p99 ms", "errors"],
+        rows,
+    )
+    result = {
+        "requests_per_level": args.requests,
+        "k": args.k,
+        "redis": url or "embedded",
+        "results": results,
+    }
+    on, off = results["batching on"], results["batching off"]
+    result["throughput_gain_at_max_concurrency"] = on[-1]["throughput_rps"] / off[-1]["throughput_rps"]
+    write_json(args.out, result)
+    png = plot_path(args.out)
+    if png is not None:
+        plt = pyplot()
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+        for mode, runs in results.items():
+            ax[0].plot(levels, [r["throughput_rps"] for r in runs], marker="o", label=mode)
+            ax[1].plot(levels, [r["p99_ms"] for r in runs], marker="o", label=mode)
+        for a, label in zip(ax, ["requests / s", "p99 latency (ms)"], strict=True):
+            a.set_xscale("log", base=2)
+            a.set_xlabel("concurrent clients")
+            a.set_ylabel(label)
+            a.legend()
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+        print(f"wrote {png}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
