@@ -28,7 +28,7 @@ from genrec.errors import StoreUnavailableError
 from .batching import BatcherClosed, MicroBatcher
 from .catalog import Catalog, EventFollower
 from .embedded_redis import EmbeddedRedis
-from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
+from .engine import Engine, MintJob, MintResult, RecommendJob, create_engine, texts_for
 from .errors import ApiError, ErrorResponse, install_error_handlers, invalid
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
@@ -121,7 +121,7 @@ class ServiceState:
                 url = await asyncio.to_thread(self.embedded.start)
             catalog_name = s.catalog or default_catalog(self.bundle)
             self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id)
-            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
+            self.engine = create_engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
             events, last_id = await self.registry.load_events()
@@ -322,6 +322,7 @@ class ServiceState:
             text=record.text,
             source=record.source,
             created_at=record.created_at or None,
+            recommendable=self.engine.is_recommendable(record.item_id),
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -428,7 +429,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         textual_id, created = await svc.create_item(body)
         if not created:
             response.status_code = 200
-        return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created)
+        return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created,
+                           recommendable=svc.engine.is_recommendable(body.item_id))
 
     @app.get(
         "/v1/items/{item_id:path}",

@@ -22,6 +22,7 @@ from genrec.item_text import flatten_item_text, metadata_values_text
 from genrec.minting import MintConfig, MintedId, mint_ids
 from genrec.prompts import TEST_TEMPLATE
 from genrec.recommend import IdGenRecRecommender, Recommendation
+from genrec.user_ids import DEFAULT_MAX_WORDS, generate_user_ids, history_digest
 
 from .catalog import Catalog
 from .metrics import ServiceMetrics
@@ -75,16 +76,47 @@ class Engine:
             max_history=int(config.get("data", {}).get("max_history", 20)),
             max_source_length=int(config.get("recommender", {}).get("max_source_length", 512)),
         )
-        # Textual user IDs (SPEC 1.5) are not part of the bundles yet; when a bundle is trained
-        # with them, its config says so and `user_id_tokens` renders the request's user_id.
-        self.uses_user_ids = bool(config.get("recommender", {}).get("user_ids", False))
+        # Textual user IDs (SPEC 1.5): when the bundle was trained with them, the bundle's
+        # generator builds them from the request's own history (the request's user_id is not used).
+        alternate = config.get("alternate", {})
+        self.uses_user_ids = bool(config.get("recommender", {}).get("user_ids", False) or alternate.get("user_ids", False))
+        self.user_id_max_words = int(alternate.get("user_id_max_words", DEFAULT_MAX_WORDS))
 
     def beams_for(self, k: int) -> int:
         return max(self.num_beams, k)
 
     def user_id_tokens(self, job: RecommendJob) -> list[int] | None:
-        """Tokens filling {user_id} in the prompt; None (empty) until bundles carry user IDs."""
-        return None
+        """Tokens filling {user_id} in the prompt (None when the bundle has no user IDs)."""
+        return self.user_id_tokens_batch([job])[0]
+
+    def user_id_tokens_batch(self, jobs: list[RecommendJob]) -> list[list[int] | None]:
+        """User IDs of the requests' visible histories (the last max_history items), cached in
+        Redis under `uid:{sha1 of the history's ID tokens}`; the misses are generated in one batch."""
+        if not self.uses_user_ids:
+            return [None] * len(jobs)
+        trie = self.catalog.trie
+        histories = []
+        for job in jobs:
+            recent = list(job.history)[-self.recommender.max_history :]
+            indices = [trie.index_of(item) for item in recent]
+            # Unknown items are reported by the recommender; they do not feed the user ID.
+            histories.append([list(trie.sequence(i)[:-1]) for i in indices if i is not None])
+        digests = [history_digest(h, self.user_id_max_words) for h in histories]
+        found: list[list[int] | None] = [
+            self.registry.get_user_id_sync(d) if self.registry is not None else None for d in digests
+        ]
+        missing = [i for i, tokens in enumerate(found) if tokens is None]
+        if missing:
+            with torch.inference_mode():
+                made = generate_user_ids(
+                    self.bundle.id_generator, self.tokenizer, [histories[i] for i in missing],
+                    max_words=self.user_id_max_words, max_source_length=self.mint_config.max_source_length,
+                )
+            for i, tokens in zip(missing, made, strict=True):
+                found[i] = tokens
+                if self.registry is not None:
+                    self.registry.set_user_id_sync(digests[i], tokens)
+        return found
 
     # ------------------------------------------------------------------ recommendations
 
@@ -104,7 +136,7 @@ class Engine:
                     num_beams=beams,
                     exclude_history=False,
                     exclude_items=[list(job.history) if job.exclude_history else [] for job in group],
-                    user_id_tokens=[self.user_id_tokens(job) for job in group] if self.uses_user_ids else None,
+                    user_id_tokens=self.user_id_tokens_batch(group) if self.uses_user_ids else None,
                 )
             except Exception as exc:  # one failing group does not fail the others
                 for i in indices:
@@ -156,6 +188,11 @@ class Engine:
     def trie_key(self, minted: MintedId) -> list[int]:
         return list(minted.token_ids) + [self.tokenizer.eos_token_id]
 
+    minted_items_recommendable = True  # a minted ID joins the trie: beam search can produce it
+
+    def is_recommendable(self, item_id: str) -> bool:
+        return True
+
 
 def mint_config_from(values: dict) -> MintConfig:
     """The bundle's minting settings; keys this version of genrec does not know are skipped
@@ -184,3 +221,13 @@ def texts_for(metadata: dict, max_chars: int | None) -> tuple[str, str]:
     """(generator input, ID vocabulary) of an item's metadata."""
     flat = flatten_metadata(metadata)
     return flatten_item_text(flat, max_chars=max_chars), metadata_values_text(flat)
+
+
+def create_engine(bundle: Bundle, catalog: Catalog, registry: Registry | None, metrics: ServiceMetrics,
+                  num_beams: int | None = None):
+    """The engine for the bundle's kind: `Engine` (idgenrec) or `Cllm4RecEngine` (cllm4rec)."""
+    if bundle.kind == "cllm4rec":
+        from .cllm4rec_engine import Cllm4RecEngine
+
+        return Cllm4RecEngine(bundle, catalog, registry, metrics)
+    return Engine(bundle, catalog, registry, metrics, num_beams=num_beams)

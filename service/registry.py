@@ -244,6 +244,31 @@ class Registry:
     async def owner_of(self, textual_id: str) -> str | None:
         return await self.aio.get(self.tid_key(textual_id))
 
+    # ------------------------------------------------------------------ user IDs
+
+    def user_id_key(self, digest: str) -> str:
+        return f"{self.prefix}uid:{digest}"
+
+    def get_user_id_sync(self, digest: str) -> list[int] | None:
+        """The cached textual user ID (token ids) of a history digest; None when absent or
+        when Redis cannot answer (the caller then generates it)."""
+        try:
+            raw = self.sync.get(self.user_id_key(digest))
+        except RedisError as exc:
+            log.warning("user ID cache read failed: %s", exc)
+            return None
+        try:
+            return [int(t) for t in json.loads(raw)] if raw is not None else None
+        except (ValueError, TypeError):
+            return None
+
+    def set_user_id_sync(self, digest: str, tokens: Sequence[int], ttl_s: int = 7 * 24 * 3600) -> None:
+        """Best effort: caches a user ID for `ttl_s` seconds."""
+        try:
+            self.sync.set(self.user_id_key(digest), json.dumps(list(tokens)), ex=ttl_s)
+        except RedisError as exc:
+            log.warning("user ID cache write failed: %s", exc)
+
     # ------------------------------------------------------------------ minting
 
     def claim_sync(self, textual_id: str, marker: str) -> bool:

@@ -125,6 +125,12 @@ class ItemCreated(BaseModel):
     item_id: str
     textual_id: str
     created: bool = Field(description="true when this call minted the ID; false when the item existed")
+    recommendable: bool = Field(
+        True,
+        description="whether recommendations can return the item now: always for idgenrec bundles "
+        "(its ID joins the trie); for cllm4rec bundles only items the model was trained with "
+        "(new items need a retrained bundle)",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"item_id": "new-1001", "textual_id": "toy story 5", "created": True}]}
@@ -138,6 +144,7 @@ class ItemRecordResponse(BaseModel):
     text: str = Field(description="the flattened item text the ID generator read")
     source: str = Field(description='"bundle" or "minted"')
     created_at: str | None = None
+    recommendable: bool = Field(True, description="whether recommendations can return the item (see ItemCreated)")
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -51,6 +51,28 @@ class RecommenderConfig:
     max_prefixes_per_user: int | None = None  # keep only each user's latest prefixes (speed)
     valid_users: int | None = None  # validate after each epoch on this many users (None: all)
     grad_clip: float = 1.0
+    user_ids: bool = False  # textual user IDs fill {user_id} (SPEC 1.5); alternate.user_ids also turns them on
+
+
+@dataclass
+class AlternateConfig:
+    """Alternate training (SPEC 1.4): rounds of ID-generator phase -> re-mint -> recommender phase.
+
+    rounds=0 is the plain pipeline (keyword-warmed IDs minted once, no ID learning). The total
+    number of recommender epochs is `recommender.epochs` split over the recommender phases,
+    unless `rec_epochs_per_round` sets each phase's epochs (see training.alternate.phase_schedule).
+    """
+
+    rounds: int = 0
+    id_phase_first: bool = True  # False: recommender, ID phase per round, plus a final recommender phase
+    id_epochs: int = 1
+    id_lr: float = 1e-4
+    id_batch_size: int = 32
+    rec_epochs_per_round: int | None = None  # None: split recommender.epochs over the phases
+    soft_id_temperature: float = 1.0
+    id_phase_max_pairs: int | None = None  # train the ID phase on a sample of the pairs (speed)
+    user_ids: bool = False
+    user_id_max_words: int = 4
 
 
 @dataclass
@@ -61,8 +83,32 @@ class EvalConfig:
 
 
 @dataclass
+class Cllm4RecConfig:
+    """CLLM4Rec (SPEC 2): pretraining on collaborative + content documents, then fine-tuning."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    freeze_backbone: bool = False  # True: only the user/item tables learn (the paper freezes GPT-2)
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 1e-3
+    finetune_epochs: int = 20
+    finetune_lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    reg_lambda: float = 1.0  # mutual regularization of the two LMs' user/item embeddings
+    mask_share: float = 0.2  # share of a history held out as the fine-tuning target
+    holdout_share: float = 0.2  # per-user held-out interactions of CLLM4Rec's own protocol
+    max_doc_items: int = 64  # items of a collaborative document (a random subset when longer)
+    max_text_tokens: int = 64  # tokens of a content document's main text
+    max_prompt_items: int = 50  # history items in a recommendation prompt (the latest)
+    user_dropout: float = 0.1  # share of fine-tuning prompts without user tokens (unknown users)
+    valid_users: int | None = None  # validate after each fine-tuning epoch on this many users
+    grad_clip: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     name: str = "custom"
+    kind: str = "idgenrec"  # "idgenrec" or "cllm4rec": which method `genrec-train run` trains
     seed: int = 42
     threads: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -70,6 +116,8 @@ class TrainConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     recommender: RecommenderConfig = field(default_factory=RecommenderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    alternate: AlternateConfig = field(default_factory=AlternateConfig)
+    cllm4rec: Cllm4RecConfig = field(default_factory=Cllm4RecConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +168,37 @@ def _ml100k() -> TrainConfig:
     )
 
 
-PRESETS = {"tiny": _tiny, "ml100k": _ml100k}
+def _cllm4rec_tiny() -> TrainConfig:
+    small = ModelConfig(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, dropout_rate=0.0)
+    return TrainConfig(
+        name="cllm4rec-tiny",
+        kind="cllm4rec",
+        data=DataConfig(kcore=0, max_text_chars=256),
+        tokenizer=TokenizerConfig(vocab_size=5000),
+        cllm4rec=Cllm4RecConfig(
+            model=small, pretrain_epochs=2, pretrain_lr=3e-3, finetune_epochs=6, finetune_lr=3e-3,
+            batch_size=64, max_doc_items=32, max_text_tokens=32, max_prompt_items=30, valid_users=300,
+        ),
+        eval=EvalConfig(batch_size=128),
+    )
+
+
+def _cllm4rec_ml100k() -> TrainConfig:
+    base = ModelConfig(d_model=128, d_ff=512, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=32, dropout_rate=0.1)
+    return TrainConfig(
+        name="cllm4rec-ml100k",
+        kind="cllm4rec",
+        data=DataConfig(kcore=0, max_text_chars=256),
+        tokenizer=TokenizerConfig(vocab_size=5000),
+        cllm4rec=Cllm4RecConfig(
+            model=base, pretrain_epochs=10, pretrain_lr=2e-3, finetune_epochs=40, finetune_lr=2e-3,
+            batch_size=64, max_doc_items=64, max_text_tokens=48, max_prompt_items=50, valid_users=None,
+        ),
+        eval=EvalConfig(batch_size=128),
+    )
+
+
+PRESETS = {"tiny": _tiny, "ml100k": _ml100k, "cllm4rec-tiny": _cllm4rec_tiny, "cllm4rec-ml100k": _cllm4rec_ml100k}
 
 
 def preset(name: str) -> TrainConfig:

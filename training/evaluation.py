@@ -33,7 +33,9 @@ def rank_users(
     num_beams: int = 10,
     batch_size: int = 32,
     progress: bool = True,
+    user_tokens: Callable[[list[str]], list[list[int]]] | None = None,
 ) -> list[list[str]]:
+    """`user_tokens(users)`: their textual user IDs (SPEC 1.5), None when the model has none."""
     rankings: list[list[str]] = []
     for start in tqdm(range(0, len(users), batch_size), desc=f"ranking {which}", disable=not progress, leave=False):
         batch = users[start : start + batch_size]
@@ -43,6 +45,7 @@ def rank_users(
             num_beams=num_beams,
             # The whole visible history is excluded, not just the prompt's last items.
             exclude_items=[split.history(u, which, 10**9) for u in batch],
+            user_id_tokens=user_tokens(batch) if user_tokens else None,
         )
         rankings.extend([r.item_id for r in row] for row in found)
     return rankings
@@ -58,10 +61,12 @@ def evaluate_model(
     num_beams: int = 10,
     batch_size: int = 32,
     progress: bool = True,
+    user_tokens: Callable[[list[str]], list[list[int]]] | None = None,
 ) -> dict[str, float]:
     chosen = evaluation_users(split, which, users)
     rankings = rank_users(
-        recommender, split, which, chosen, max_history=max_history, num_beams=num_beams, batch_size=batch_size, progress=progress
+        recommender, split, which, chosen, max_history=max_history, num_beams=num_beams, batch_size=batch_size,
+        progress=progress, user_tokens=user_tokens,
     )
     targets = [getattr(split, which)[u] for u in chosen]
     return leave_one_out_metrics(rankings, targets)

@@ -12,17 +12,18 @@ import torch
 import torch.distributed as dist
 
 from genrec.bundle import BundleItem, load_bundle, update_bundle_files, update_manifest, write_bundle
+from genrec.errors import ConfigError
 from genrec.item_text import metadata_values_text
 from genrec.modeling import build_t5
 from genrec.recommend import IdGenRecRecommender
 from genrec.trie import TextualIdTrie
 
+from .alternate import UserIds, mint_state, train_alternating, uses_user_ids
 from .config import TrainConfig, config_from_dict
 from .data import load_dataset
 from .evaluation import evaluate_all, evaluate_model
-from .id_generator import mint_catalog, warm_up_generator
+from .id_generator import warm_up_generator
 from .keywords import keyword_targets
-from .recommender import train_recommender
 from .report import metrics_table, plot_id_lengths, plot_training, write_report
 from .seq2seq import distributed_world
 from .tokenizer_training import tokenizer_from_pretrained, train_tokenizer
@@ -47,6 +48,12 @@ def log(message: str) -> None:
 
 def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Trains everything and writes the bundle to `out` (rank 0). Returns eval.json's content."""
+    if config.kind == "cllm4rec":
+        from .cllm4rec_training import run_cllm4rec
+
+        return run_cllm4rec(config, out, progress=progress)
+    if config.kind != "idgenrec":
+        raise ConfigError(f"unknown config kind {config.kind!r}; known: idgenrec, cllm4rec")
     init_distributed()
     rank, _ = distributed_world()
     if config.threads:
@@ -82,11 +89,10 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     )
     timings["generator_warmup"] = time.perf_counter() - t
     t = time.perf_counter()
-    minted, stats = mint_catalog(
-        generator, tokenizer, texts, [metadata_values_text(m) for m in metadata], config.generator.mint, progress=progress
-    )
+    vocabulary_texts = [metadata_values_text(m) for m in metadata]
+    ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary_texts, config.generator.mint, progress=progress)
+    minted, stats, item_tokens = ids.minted, ids.stats, ids.item_tokens
     timings["minting"] = time.perf_counter() - t
-    item_tokens = {item: list(m.token_ids) for item, m in zip(item_ids, minted, strict=True)}
     log(
         f"IDs: {stats.items} unique, mean {stats.mean_words:.2f} words / {stats.mean_tokens:.2f} tokens, "
         f"raised penalty {stats.raised_penalty}, raised length {stats.raised_length}, suffixed {stats.suffixed}"
@@ -99,19 +105,29 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         recommender_model, tokenizer, trie,
         max_history=config.data.max_history, max_source_length=config.recommender.max_source_length,
     )
+    user_ids = None
+    if uses_user_ids(config):
+        user_ids = UserIds(
+            generator, tokenizer, item_tokens, max_words=config.alternate.user_id_max_words,
+            max_source_length=config.generator.mint.max_source_length,
+        )
+    eval_user_tokens = user_ids.for_evaluation(dataset.split, config.data.max_history) if user_ids else None
 
     def validate(model) -> float:
         return evaluate_model(
             recommender, dataset.split, "valid", max_history=config.data.max_history,
             users=config.recommender.valid_users, num_beams=config.eval.num_beams,
-            batch_size=config.eval.batch_size, progress=False,
+            batch_size=config.eval.batch_size, progress=False, user_tokens=eval_user_tokens,
         )["ndcg@10"]
 
     t = time.perf_counter()
-    history = train_recommender(
-        recommender_model, tokenizer, dataset.split, item_tokens, config.recommender,
-        max_history=config.data.max_history, seed=config.seed, validate=validate, progress=progress,
+    # Alternate training (SPEC 1.4) when alternate.rounds > 0; else one recommender phase.
+    ids, history = train_alternating(
+        config, generator=generator, recommender_model=recommender_model, recommender=recommender,
+        tokenizer=tokenizer, split=dataset.split, item_ids=item_ids, texts=texts, vocabulary_texts=vocabulary_texts,
+        ids=ids, user_ids=user_ids, validate=validate, progress=progress, log=log,
     )
+    minted, stats, item_tokens = ids.minted, ids.stats, ids.item_tokens
     history["generator_warmup_loss"] = warm_loss
     timings["recommender_training"] = time.perf_counter() - t
 
@@ -122,10 +138,12 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             lambda which: evaluate_model(
                 recommender, dataset.split, which, max_history=config.data.max_history, users=config.eval.users,
                 num_beams=config.eval.num_beams, batch_size=config.eval.batch_size, progress=progress,
+                user_tokens=eval_user_tokens,
             ),
             dataset.split,
             config.eval.users,
         )
+        result["id_stats"] = stats.to_dict()
         timings["evaluation"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         result["kind"] = "idgenrec"
@@ -170,6 +188,10 @@ def _write_json(path: Path, data: dict) -> Path:
 def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True) -> dict:
     """`genrec-train evaluate`: the bundle's recommender on its own dataset and split."""
     bundle = load_bundle(bundle_dir)
+    if bundle.kind == "cllm4rec":
+        from .cllm4rec_training import reevaluate_cllm4rec
+
+        return reevaluate_cllm4rec(bundle, users=users, progress=progress)
     config = config_from_dict(bundle.config)
     dataset = load_dataset(
         config.data.dataset, Path(config.data.data_dir) if config.data.data_dir else None,
@@ -181,10 +203,17 @@ def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True
         bundle.recommender, bundle.tokenizer, trie,
         max_history=config.data.max_history, max_source_length=config.recommender.max_source_length,
     )
+    user_tokens = None
+    if uses_user_ids(config):  # built by the bundle's generator from the training part, as in training
+        user_tokens = UserIds(
+            bundle.id_generator, bundle.tokenizer, {i.item_id: list(i.token_ids[:-1]) for i in bundle.items},
+            max_words=config.alternate.user_id_max_words, max_source_length=config.generator.mint.max_source_length,
+        ).for_evaluation(dataset.split, config.data.max_history)
     result = evaluate_all(
         lambda which: evaluate_model(
             recommender, dataset.split, which, max_history=config.data.max_history, users=users,
             num_beams=config.eval.num_beams, batch_size=config.eval.batch_size, progress=progress,
+            user_tokens=user_tokens,
         ),
         dataset.split,
         users,

@@ -41,17 +41,21 @@ def render_examples(
     with probability `first_template_share` if given, else uniformly)."""
     examples = []
     for user, history, target in pairs:
-        if first_template_share is not None and (len(templates) == 1 or rng.random() < first_template_share):
-            template = templates[0]
-        elif first_template_share is not None:
-            template = templates[1 + rng.randrange(len(templates) - 1)]
-        else:
-            template = templates[rng.randrange(len(templates))]
+        template = choose_template(templates, rng, first_template_share)
         prompt = renderer.render(
             template, [item_tokens[i] for i in history], user_tokens(user, history) if user_tokens else None
         )
         examples.append(Example(source=prompt.input_ids, target=item_tokens[target] + [eos_token_id]))
     return examples
+
+
+def choose_template(templates: Sequence[str], rng: random.Random, first_template_share: float | None = None) -> str:
+    """The first template with probability `first_template_share` (if given), else uniformly."""
+    if first_template_share is not None and (len(templates) == 1 or rng.random() < first_template_share):
+        return templates[0]
+    if first_template_share is not None:
+        return templates[1 + rng.randrange(len(templates) - 1)]
+    return templates[rng.randrange(len(templates))]
 
 
 def train_recommender(
@@ -66,9 +70,11 @@ def train_recommender(
     validate: Callable[[torch.nn.Module], float] | None = None,
     progress: bool = True,
     on_examples: Callable[[int, list[int]], None] | None = None,
+    user_tokens: Callable[[str, list[str]], list[int] | None] | None = None,
 ) -> dict:
     """Trains in place and leaves the best-validation epoch's weights in `model`.
 
+    `user_tokens(user, history)` gives the textual user ID of an example (None: no user IDs).
     `validate(model) -> ndcg@10` runs on rank 0 only; its value is broadcast so every rank
     keeps the same best epoch. Returns the history (losses, validation NDCG, best epoch).
     """
@@ -81,7 +87,7 @@ def train_recommender(
         rng = random.Random(seed * 7919 + epoch)
         return render_examples(
             pairs, item_tokens, renderer, templates, tokenizer.eos_token_id, rng,
-            first_template_share=config.test_template_share,
+            user_tokens=user_tokens, first_template_share=config.test_template_share,
         )
 
     valid_ndcg: list[float] = []

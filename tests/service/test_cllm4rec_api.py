@@ -1,0 +1,115 @@
+"""A cllm4rec bundle: it round-trips through write/load and is served through the same endpoints
+(recommendations from the item head, title-word IDs for new items, which are not recommendable)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genrec.bundle import BundleItem, load_bundle, read_items, verify_bundle, write_bundle
+from genrec.cllm4rec import (
+    MODEL_DIR,
+    PROMPT_TEXTS,
+    Cllm4RecModel,
+    extend_tokenizer,
+    load_cllm4rec,
+    title_textual_id,
+)
+from genrec.item_text import flatten_item_text
+from genrec.modeling import build_t5
+from service.engine import flatten_metadata
+from training.config import preset
+from training.tokenizer_training import train_tokenizer
+
+from .conftest import EXTRA_TEXT, N_ITEMS, TINY, catalog_metadata, serve
+
+USERS = [f"u{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="session")
+def cllm_bundle_path(tmp_path_factory):
+    texts = [flatten_item_text(flatten_metadata(m)) for m in catalog_metadata()]
+    tokenizer = train_tokenizer(texts + [EXTRA_TEXT, *PROMPT_TEXTS], vocab_size=200)
+    taken: set[str] = set()
+
+    def claim(tid: str) -> bool:
+        if tid in taken:
+            return False
+        taken.add(tid)
+        return True
+
+    minted = [title_textual_id(tokenizer, t, claim) for t in texts]
+    backbone = build_t5(TINY, tokenizer, seed=0)
+    item_ids = [f"m{i}" for i in range(N_ITEMS)]
+    vocab = extend_tokenizer(tokenizer, USERS, item_ids)
+    torch.manual_seed(0)
+    model = Cllm4RecModel(backbone, vocab, USERS, item_ids).eval()
+    eos = tokenizer.eos_token_id
+    items = [BundleItem(i, m.textual_id, list(m.token_ids) + [eos], t)
+             for i, m, t in zip(item_ids, minted, texts, strict=True)]
+    config = preset("cllm4rec-tiny").to_dict()
+    out = tmp_path_factory.mktemp("bundles") / "cllm"
+    return write_bundle(
+        out, kind="cllm4rec", tokenizer=tokenizer, models={}, items=items, config=config,
+        dataset="synthetic", id_stats={"items": len(items)}, metrics={},
+        extra_dirs={MODEL_DIR: model.save},
+    )
+
+
+def test_cllm4rec_bundle_round_trips(cllm_bundle_path):
+    manifest = verify_bundle(cllm_bundle_path)
+    assert manifest["kind"] == "cllm4rec"
+    assert any(name.startswith(f"{MODEL_DIR}/backbone/") for name in manifest["files"])
+    bundle = load_bundle(cllm_bundle_path)
+    assert bundle.kind == "cllm4rec" and bundle.recommender is None
+    model = load_cllm4rec(cllm_bundle_path / MODEL_DIR)
+    assert model.item_ids == [i.item_id for i in bundle.items] and model.user_ids == USERS
+    tok = bundle.tokenizer  # the saved tokenizer keeps the atomic tokens
+    assert tok.encode("item_m7", add_special_tokens=False) == [model.item_token_id("m7")]
+    assert tok.encode("user_u3", add_special_tokens=False) == [model.user_token_id("u3")]
+    assert len({i.textual_id for i in bundle.items}) == N_ITEMS
+
+
+
+@pytest.mark.anyio
+async def test_cllm4rec_bundle_is_served(make_settings, cllm_bundle_path):
+    textual = {i.item_id: i.textual_id for i in read_items(cllm_bundle_path)}
+    async with serve(make_settings(bundle=cllm_bundle_path)) as (_app, client):
+        response = await client.post("/v1/recommendations", json={"history": ["m1", "m2", "m3"], "k": 5, "user_id": "u2"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"]["kind"] == "cllm4rec"
+        items = body["items"]
+        assert len(items) == 5 and not {"m1", "m2", "m3"} & {i["item_id"] for i in items}
+        for item in items:
+            assert item["textual_id"] == textual[item["item_id"]]
+            assert item["score"] <= 0.0
+        scores = [i["score"] for i in items]
+        assert scores == sorted(scores, reverse=True)
+
+        every = await client.post("/v1/recommendations", json={"history": ["m0"], "k": 100})
+        assert {i["item_id"] for i in every.json()["items"]} == {f"m{i}" for i in range(1, N_ITEMS)}
+        kept = await client.post("/v1/recommendations", json={"history": ["m0"], "k": 100, "exclude_history": False})
+        assert {i["item_id"] for i in kept.json()["items"]} == {f"m{i}" for i in range(N_ITEMS)}
+        # An unknown user (no token): the prompt goes without user tokens.
+        anon = await client.post("/v1/recommendations", json={"history": ["m4"], "k": 3, "user_id": "stranger"})
+        assert anon.status_code == 200 and len(anon.json()["items"]) == 3
+
+        # A new item: a unique title-word ID, stored like any other, not recommendable until retraining.
+        metadata = {"title": "Toy Story Night", "year": 2026, "genres": ["animation", "comedy"]}
+        first = await client.post("/v1/items", json={"item_id": "new-1", "metadata": metadata})
+        assert first.status_code == 201, first.text
+        created = first.json()
+        assert created["textual_id"] == "toy story night" and created["recommendable"] is False
+        twin = await client.post("/v1/items", json={"item_id": "new-2", "metadata": metadata})
+        assert twin.json()["textual_id"] == "toy story night 2"
+        again = await client.post("/v1/items", json={"item_id": "new-1", "metadata": metadata})
+        assert again.status_code == 200 and again.json() == {**created, "created": False}
+        record = (await client.get("/v1/items/new-1")).json()
+        assert record["source"] == "minted" and record["recommendable"] is False
+        assert (await client.get("/v1/items/m3")).json()["recommendable"] is True
+        # Usable in a history (skipped by the model), never recommended.
+        response = await client.post("/v1/recommendations", json={"history": ["new-1", "m3"], "k": 100})
+        assert response.status_code == 200
+        returned = {i["item_id"] for i in response.json()["items"]}
+        assert "new-1" not in returned and "new-2" not in returned and "m3" not in returned
