@@ -88,7 +88,7 @@ class Cllm4RecModel(nn.Module):
     """A T5 backbone plus a user and an item embedding table for each of the two LMs."""
 
     def __init__(self, backbone: T5ForConditionalGeneration, vocab_size: int, user_ids: Sequence[str],
-                 item_ids: Sequence[str], init_std: float = 0.02):
+                 item_ids: Sequence[str], init_std: float | None = 0.02):
         super().__init__()
         if backbone.get_input_embeddings().num_embeddings < vocab_size:
             raise ValueError("the backbone's vocabulary is smaller than the tokenizer's words")
@@ -106,6 +106,8 @@ class Cllm4RecModel(nn.Module):
             })
             for lm in LMS
         })
+        if init_std is None:  # the spread of the backbone's own word embeddings
+            init_std = float(backbone.get_input_embeddings().weight.detach().float().std())
         for table in self.embedding_tables():
             nn.init.normal_(table.weight, mean=0.0, std=init_std)
 

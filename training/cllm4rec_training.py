@@ -287,7 +287,7 @@ def run_cllm4rec(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     item_text_ids = {i: encode_text(tokenizer, text) for i, text in zip(item_ids, texts, strict=True)}
     backbone = build_t5(cfg.model, tokenizer, seed=config.seed)  # sized to the words only
     vocab_size = extend_tokenizer(tokenizer, user_ids, item_ids)
-    model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids)
+    model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids, init_std=cfg.init_std)
     model.set_backbone_trainable(not cfg.freeze_backbone)
     pieces = PromptPieces.from_tokenizer(tokenizer)
     train_items, held = holdout_split(split, cfg.holdout_share, config.seed)

@@ -103,6 +103,10 @@ class Cllm4RecConfig:
     user_dropout: float = 0.1  # share of fine-tuning prompts without user tokens (unknown users)
     valid_users: int | None = None  # validate after each fine-tuning epoch on this many users
     grad_clip: float = 1.0
+    # Initial spread of the user/item tables: 0.02 as the reference (whose GPT-2 word embeddings
+    # have about that spread); None matches the backbone's own word embeddings (about 1.0 for a
+    # freshly initialised T5, whose ID tokens are otherwise drowned in the residual stream).
+    init_std: float | None = 0.02
 
 
 @dataclass
