@@ -9,7 +9,13 @@ split over the recommender phases by training.alternate.phase_schedule):
   (c) alt+user  (b) with textual user IDs
   (d) popularity the popularity baseline on the same split
 Writes OUT/<variant>/ (each variant's bundle), OUT/ablation.md (test HR@5, HR@10, NDCG@5,
-NDCG@10, ID statistics, wall time) and OUT/ablation.json.
+NDCG@10, ID statistics, wall time), OUT/ablation.json and OUT/ablation.png.
+
+The variants are independent, so on a machine with cores to spare they can run as separate
+processes (`--variants keyword,popularity` in one, `--variants alternate` in another, each with
+its own --out) and be joined afterwards:
+
+    python -m training.ablation --out runs/ablation --merge runs/abl/*/ablation.json
 """
 
 import argparse
@@ -74,9 +80,70 @@ def run_ablation(base: TrainConfig, out: Path, *, rounds: int = 3, progress: boo
             "wall_s": time.perf_counter() - started,
         }
     summary = {"config": base.name, "seed": base.seed, "rounds": rounds, "variants": results}
+    write_summary(summary, out)
+    return summary
+
+
+def write_summary(summary: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(summary, indent=2, default=float), encoding="utf-8")
     (out / "ablation.md").write_text(ablation_table(summary), encoding="utf-8")
-    return summary
+    plot_ablation(summary, out / "ablation.png")
+
+
+def merge_summaries(paths: list[Path]) -> dict:
+    """One summary from the ablation.json of runs that each did some of the variants.
+
+    The runs must agree on config, seed and rounds (otherwise the rows would not be comparable);
+    a variant present in two runs is refused rather than silently picked."""
+    if not paths:
+        raise GenRecError("--merge needs at least one ablation.json")
+    merged: dict | None = None
+    for path in paths:
+        try:
+            part = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise GenRecError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(part, dict) or not isinstance(part.get("variants"), dict):
+            raise GenRecError(f"{path} is not an ablation.json (no 'variants')")
+        key = {k: part.get(k) for k in ("config", "seed", "rounds")}
+        if merged is None:
+            merged = {**key, "variants": {}}
+        elif key != {k: merged[k] for k in key}:
+            raise GenRecError(f"{path} was run with {key}, the others with "
+                              f"{ {k: merged[k] for k in key} }: not comparable")
+        for name, row in part["variants"].items():
+            if name in merged["variants"]:
+                raise GenRecError(f"variant {name!r} appears in more than one of the merged files")
+            merged["variants"][name] = row
+    ordered = {v: merged["variants"][v] for v in VARIANTS if v in merged["variants"]}
+    merged["variants"] = ordered
+    return merged
+
+
+def plot_ablation(summary: dict, path: Path) -> None:
+    """Test NDCG@10 and HR@10 per variant, and the wall time, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["variants"])
+    rows = [summary["variants"][n] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.4
+    xs = range(len(names))
+    for offset, metric in ((-width / 2, "ndcg@10"), (width / 2, "hr@10")):
+        axes[0].bar([x + offset for x in xs], [r["test"].get(metric, 0.0) for r in rows], width, label=metric.upper())
+    axes[0].set_xticks(list(xs), names, rotation=15)
+    axes[0].set(title=f"test, config {summary['config']}")
+    axes[0].legend()
+    axes[1].bar(list(xs), [r["wall_s"] / 60 for r in rows], color="tab:gray")
+    axes[1].set_xticks(list(xs), names, rotation=15)
+    axes[1].set(title="wall time", ylabel="minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def ablation_table(summary: dict) -> str:
@@ -104,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="ml100k", help=f"preset: {', '.join(sorted(PRESETS))}")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="ABLATION_JSON",
+                        help="join the ablation.json of separate runs into OUT (trains nothing)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the alternate variants")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value of every variant (repeatable)")
@@ -111,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.merge:
+            summary = merge_summaries(args.merge)
+            write_summary(summary, args.out)
+            print(ablation_table(summary))
+            return 0
         config = preset(args.config)
         for assignment in args.overrides:
             apply_override(config, assignment)

@@ -59,3 +59,27 @@ def test_alternate_bundle_ships_the_final_ids_and_reevaluates_with_user_ids(abla
 def test_ablation_cli_rejects_unknown_variants(tmp_path, capsys):
     assert ablation_main(["--config", "tiny", "--out", str(tmp_path), "--variants", "keyword,nope"]) == 2
     assert "unknown variants: nope" in capsys.readouterr().err
+
+
+def test_merge_joins_separate_runs_and_refuses_mismatches(ablation, tmp_path):
+    _, summary = ablation
+    parts = []
+    for i, names in enumerate((("popularity", "keyword"), ("alternate",), ("alternate_user_ids",))):
+        part = {**{k: summary[k] for k in ("config", "seed", "rounds")},
+                "variants": {n: summary["variants"][n] for n in names}}
+        path = tmp_path / f"part{i}.json"
+        path.write_text(json.dumps(part))
+        parts.append(path)
+    out = tmp_path / "merged"
+    assert ablation_main(["--out", str(out), "--merge", *map(str, parts)]) == 0
+    merged = json.loads((out / "ablation.json").read_text())
+    # The canonical variant order, whatever order the parts came in.
+    assert list(merged["variants"]) == ["keyword", "alternate", "alternate_user_ids", "popularity"]
+    assert merged["variants"]["alternate"]["test"] == summary["variants"]["alternate"]["test"]
+    assert (out / "ablation.png").stat().st_size > 0 and "| alternate |" in (out / "ablation.md").read_text()
+    # The same variant twice, or runs with another seed, are refused with a message.
+    assert ablation_main(["--out", str(out), "--merge", str(parts[1]), str(parts[1])]) == 2
+    other = json.loads(parts[2].read_text())
+    other["seed"] = 999
+    parts[2].write_text(json.dumps(other))
+    assert ablation_main(["--out", str(out), "--merge", *map(str, parts)]) == 2
