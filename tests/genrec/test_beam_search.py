@@ -27,15 +27,6 @@ SENTENCES = [
 NUM_IDS = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is much faster than several on a shared, busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(SENTENCES, vocab_size=60)

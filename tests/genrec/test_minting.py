@@ -3,7 +3,6 @@
 import re
 
 import pytest
-import torch
 
 from genrec.diverse_beam import diverse_beam_search
 from genrec.errors import IdExhaustedError
@@ -34,14 +33,6 @@ SMALL = MintConfig(
     extra_length=4,
     batch_size=8,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
