@@ -1,14 +1,21 @@
-"""Shared bits of the benchmarks: argument parsing, loading a bundle's split, output."""
+"""Shared bits of the benchmarks: argument parsing, loading a bundle's split, output, and the
+service started as a real uvicorn process on loopback (`Server`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parser(description: str, bundle_required: bool = True) -> argparse.ArgumentParser:
@@ -20,6 +27,8 @@ def parser(description: str, bundle_required: bool = True) -> argparse.ArgumentP
 
 
 def setup(args) -> None:
+    import torch  # here, not at the top: the service launcher below needs no torch
+
     torch.set_num_threads(args.threads)
 
 
@@ -86,3 +95,97 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# --------------------------------------------------------------------------- the service as a process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_url(requested: str | None) -> str | None:
+    """The given URL, else a local Redis on db 15 when one answers, else None (embedded)."""
+    import redis
+
+    url = requested or "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+        return url
+    except Exception:
+        if requested:
+            raise
+        return None
+
+
+def clean_keys(url: str | None, catalog: str) -> int:
+    if url is None:
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"genrec:{{{catalog}}}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    return len(keys)
+
+
+class Server:
+    """`python -m service.cli` on a free loopback port, configured by environment variables
+    (service/settings.py), with its output in `log_path`."""
+
+    def __init__(self, bundle: Path, env: dict[str, str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {
+            **os.environ,
+            **env,
+            "GENREC_BUNDLE": str(bundle),
+            "GENREC_TORCH_THREADS": env.get("GENREC_TORCH_THREADS", "1"),
+        }
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service.cli",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=full,
+            cwd=REPO_ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the service did not become ready in {timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, chars: int = 2000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

@@ -6,11 +6,7 @@ GENREC_MAX_WAIT_MS=5) and off (GENREC_MAX_BATCH_SIZE=1)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -20,95 +16,25 @@ import httpx
 
 from genrec.bundle import load_bundle
 
-from .common import load_split, mean, parser, percentile, plot_path, print_table, pyplot, setup, write_json
+from .common import (
+    Server,
+    clean_keys,
+    load_split,
+    mean,
+    parser,
+    percentile,
+    plot_path,
+    print_table,
+    pyplot,
+    redis_url,
+    setup,
+    write_json,
+)
 
 MODES = {
     "batching on": {"GENREC_MAX_BATCH_SIZE": "32", "GENREC_MAX_WAIT_MS": "5"},
     "batching off": {"GENREC_MAX_BATCH_SIZE": "1", "GENREC_MAX_WAIT_MS": "0"},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_url(requested: str | None) -> str | None:
-    """The given URL, else a local Redis on db 15 when one answers, else None (embedded)."""
-    import redis
-
-    url = requested or "redis://127.0.0.1:6379/15"
-    try:
-        redis.Redis.from_url(url, socket_timeout=1).ping()
-        return url
-    except Exception:
-        if requested:
-            raise
-        return None
-
-
-def clean_keys(url: str | None, catalog: str) -> int:
-    if url is None:
-        return 0
-    import redis
-
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=f"genrec:{{{catalog}}}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    return len(keys)
-
-
-class Server:
-    def __init__(self, bundle: Path, env: dict[str, str], log_path: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full = {
-            **os.environ,
-            **env,
-            "GENREC_BUNDLE": str(bundle),
-            "GENREC_TORCH_THREADS": env.get("GENREC_TORCH_THREADS", "1"),
-        }
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            env=full,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("the service did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 async def drive(url: str, bodies: list[dict], concurrency: int) -> dict:

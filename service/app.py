@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.exceptions import RedisError
 
 from genrec.bundle import Bundle, load_bundle
@@ -31,7 +32,7 @@ from .embedded_redis import EmbeddedRedis
 from .engine import Engine, MintJob, MintResult, RecommendJob, create_engine, texts_for
 from .errors import ApiError, ErrorResponse, install_error_handlers, invalid
 from .metrics import ServiceMetrics
-from .middleware import BodySizeLimitMiddleware, MetricsMiddleware
+from .middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from .registry import CommitResult, ItemRecord, Registry
 from .schemas import (
     Health,
@@ -90,6 +91,7 @@ class ServiceState:
         self.executor: ThreadPoolExecutor | None = None
         self.model_info: dict[str, Any] = {}
         self.ready = False
+        self.stopping = False
         self.replica_id = uuid.uuid4().hex[:12]
         self._inflight_mints: dict[str, asyncio.Task] = {}
         self._fold_task: asyncio.Task | None = None
@@ -120,7 +122,8 @@ class ServiceState:
                 self.embedded = EmbeddedRedis(s.data_dir)
                 url = await asyncio.to_thread(self.embedded.start)
             catalog_name = s.catalog or default_catalog(self.bundle)
-            self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id)
+            self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id,
+                                     lookup_timeout_s=s.redis_lookup_timeout_s)
             self.engine = create_engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
@@ -176,7 +179,10 @@ class ServiceState:
                 await asyncio.sleep(0.25)
 
     async def stop(self) -> None:
+        """Graceful: new requests get 503 at once, while the batches queued so far are still
+        decoded/minted and the mints under way committed, before Redis and the threads close."""
         self.ready = False
+        self.stopping = True
         if self.follower is not None:
             await self.follower.stop()
         for batcher in (self.recommend_batcher, self.mint_batcher):
@@ -223,10 +229,12 @@ class ServiceState:
         if body.k > s.max_k:
             raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
         missing = self.catalog.unknown(body.history)
+        asked = True
         if missing:
-            missing = await self._look_up_missing(missing)
+            missing, asked = await self._look_up_missing(missing)
         if missing:
-            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog",
+            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
                            {"item_ids": missing})
         job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
         rows = await self.recommend_batcher.submit(job)
@@ -236,18 +244,24 @@ class ServiceState:
         ]
         return RecommendationResponse(items=items, model=self.model_info)
 
-    async def _look_up_missing(self, item_ids: list[str]) -> list[str]:
-        """Ids still unknown after asking Redis: an item minted on another replica a moment
-        ago is usable here before the event follower brings it."""
+    async def _look_up_missing(self, item_ids: list[str]) -> tuple[list[str], bool]:
+        """(ids still unknown after asking Redis, whether Redis answered): an item minted on
+        another replica a moment ago is usable here before the event follower brings it.
+
+        The lookup is optional, so it gets `redis_lookup_timeout_s`, not the full Redis
+        timeout: with Redis down or hung the request is answered from memory at once (the
+        ids stay unknown) instead of waiting on, or failing with, the store."""
         if len(item_ids) > 64:
-            return item_ids
+            return item_ids, True
         try:
-            for record in await self.registry.get_items(item_ids):
-                self._learn(record)
-        except (RedisError, OSError) as exc:
+            records = await asyncio.wait_for(self.registry.get_items(item_ids), self.settings.redis_lookup_timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.redis_errors.labels(operation="lookup").inc()
-            log.warning("looking up unknown history items in Redis failed: %s", exc)
-        return self.catalog.unknown(item_ids)
+            log.warning("looking up unknown history items in Redis failed: %s", exc or type(exc).__name__)
+            return self.catalog.unknown(item_ids), False
+        for record in records:
+            self._learn(record)
+        return self.catalog.unknown(item_ids), True
 
     # ------------------------------------------------------------------ minting
 
@@ -261,7 +275,15 @@ class ServiceState:
             raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
         if not text or not vocabulary.strip():
             raise invalid("metadata", "has no text (every value is empty)")
-        item_id = body.item_id
+        try:
+            return await self._find_or_mint(body.item_id, MintJob(body.item_id, text, vocabulary), body.metadata)
+        except (RedisError, OSError, StoreUnavailableError) as exc:
+            self.metrics.redis_errors.labels(operation="mint").inc()
+            log.warning("minting %r failed, Redis unavailable: %s", body.item_id, exc)
+            raise _mint_unavailable() from exc
+
+    async def _find_or_mint(self, item_id: str, job: MintJob, metadata: dict) -> tuple[str, bool]:
+        """The known ID (memory, then Redis), the result of a mint of this item under way, or a new mint."""
         known = self.catalog.textual_id(item_id)
         if known is not None:
             return known, False
@@ -275,7 +297,7 @@ class ServiceState:
         if inflight is not None:
             result = await asyncio.shield(inflight)
             return result.record.textual_id, False
-        task = asyncio.create_task(self._mint_and_commit(MintJob(item_id, text, vocabulary), body.metadata))
+        task = asyncio.create_task(self._mint_and_commit(job, metadata))
         self._inflight_mints[item_id] = task
         task.add_done_callback(lambda _t: self._inflight_mints.pop(item_id, None))
         result = await asyncio.shield(task)  # a client that goes away does not stop a mint halfway
@@ -326,7 +348,12 @@ class ServiceState:
         )
 
     async def readiness(self) -> dict[str, str]:
-        checks = {"bundle": "ok" if self.ready and self.engine is not None else "not loaded"}
+        """Named checks, each "ok" or what is wrong: the bundle (and trie) loaded and the app
+        not stopping, and Redis answering a PING within a second."""
+        if self.ready and self.engine is not None:
+            checks = {"bundle": "ok"}
+        else:
+            checks = {"bundle": "stopping" if self.stopping else "not loaded"}
         if self.registry is None:
             checks["redis"] = "not connected"
         else:
@@ -337,6 +364,17 @@ class ServiceState:
                 self.metrics.redis_errors.labels(operation="ping").inc()
                 checks["redis"] = f"unreachable ({type(exc).__name__})"
         return checks
+
+
+def _mint_unavailable() -> ApiError:
+    """Minting without Redis could hand out an ID that another replica hands out too: refuse."""
+    return ApiError(
+        503,
+        "store_unavailable",
+        "cannot mint an ID now: the item registry (Redis) is unreachable, so the new ID's uniqueness "
+        "cannot be guaranteed; retry later (retrying with the same item_id is safe)",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _redact(url: str) -> str:
@@ -350,14 +388,25 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-def _require_write_token(request: Request) -> None:
+# Declared for the OpenAPI document (so clients and fuzzers know write endpoints take a bearer
+# token); auto_error is off because the check, and whether a token is needed at all, is ours.
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiToken",
+    description="the service's API token (API_TOKEN); write endpoints need it when one is set",
+)
+
+
+def _require_write_token(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> None:
+    """Write endpoints need `Authorization: Bearer <token>` when a token is set. The comparison
+    is constant-time (hmac.compare_digest), so answer timing tells nothing about the token."""
     settings: Settings = request.app.state.service.settings
     if not settings.write_protected():
         return
     expected = settings.api_token.get_secret_value().encode()
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    given = credentials.credentials.encode() if credentials is not None else b""
     if not hmac.compare_digest(given, expected):
         raise ApiError(
             401,
@@ -367,16 +416,33 @@ def _require_write_token(request: Request) -> None:
         )
 
 
+def _require_json(request: Request) -> None:
+    """A body must be JSON: a 415 that says so beats a 422 about a missing object."""
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if has_body and not (media_type == "application/json" or media_type.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type", "the request body must be JSON (Content-Type: application/json)",
+                       {"content_type": media_type or None})
+
+
 _ERRORS = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "the body is not valid JSON",
         401: "missing or wrong API token",
         404: "unknown item",
         413: "request body too large",
+        415: "the body is not JSON",
         422: "invalid request (fields listed in details) or unknown item ids",
+        500: "internal error: a generic message and the request id (details.request_id, X-Request-ID)",
         503: "not ready, or Redis unavailable",
     }.items()
 }
+
+
+def _errors(*statuses: int) -> dict:
+    """The error responses of a route, for its OpenAPI entry; every route can answer 500."""
+    return {s: _ERRORS[s] for s in (*statuses, 500)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -404,13 +470,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)
 
     @app.post(
         "/v1/recommendations",
         response_model=RecommendationResponse,
-        responses={s: _ERRORS[s] for s in (413, 422, 503)},
+        responses=_errors(400, 413, 415, 422, 503),
         tags=["recommendations"],
         summary="Top-k next items for a history",
+        dependencies=[Depends(_require_json)],
     )
     async def recommendations(body: RecommendationRequest, svc: ServiceState = Depends(_state)):
         return await svc.recommend(body)
@@ -420,10 +488,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=ItemCreated,
         status_code=201,
         responses={200: {"model": ItemCreated, "description": "the item existed: its ID"},
-                   **{s: _ERRORS[s] for s in (401, 413, 422, 503)}},
+                   **_errors(400, 401, 413, 415, 422, 503)},
         tags=["items"],
         summary="Mint a unique textual ID for a new item (idempotent per item_id)",
-        dependencies=[Depends(_require_write_token)],
+        dependencies=[Depends(_require_write_token), Depends(_require_json)],
     )
     async def create_item(body: ItemCreateRequest, response: Response, svc: ServiceState = Depends(_state)):
         textual_id, created = await svc.create_item(body)
@@ -435,21 +503,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/v1/items/{item_id:path}",
         response_model=ItemRecordResponse,
-        responses={s: _ERRORS[s] for s in (404, 503)},
+        responses=_errors(404, 503),
         tags=["items"],
         summary="An item's textual ID and metadata",
     )
     async def get_item(item_id: str, svc: ServiceState = Depends(_state)):
         return await svc.get_item(item_id)
 
-    @app.get("/healthz", response_model=Health, tags=["operations"], summary="The process is alive")
+    @app.get("/healthz", response_model=Health, responses=_errors(), tags=["operations"],
+             summary="The process is alive")
     async def healthz():
         return Health(status="ok")
 
     @app.get(
         "/readyz",
         response_model=Readiness,
-        responses={503: _ERRORS[503]},
+        responses=_errors(503),
         tags=["operations"],
         summary="Bundle loaded and Redis answering",
     )
@@ -461,7 +530,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(503, "not_ready", message, {"checks": checks})
         return Readiness(status="ready", checks=checks)
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                         "description": "Prometheus text exposition format"}, **_errors()},
+    )
     async def metrics():
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)

@@ -67,7 +67,9 @@ class MicroBatcher(Generic[Req, Res]):
         self._task = asyncio.create_task(self._run(), name=f"genrec-batcher-{self.name}")
 
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Lets the batch being handled finish (its results are delivered), then stops."""
+        """Drains, then stops: new submits are refused at once, while the batch under way and
+        every request queued before the stop are still handled and answered (a graceful
+        shutdown loses no accepted work). Past `timeout_s` the rest fails with BatcherClosed."""
         self._closed = True
         if self._task is not None:
             self._queue.put_nowait(_STOP)

@@ -100,7 +100,12 @@ class Catalog:
 
 
 class EventFollower:
-    """Reads the events stream from the last id seen and adds other replicas' items."""
+    """Reads the events stream from the last id seen and adds other replicas' items.
+
+    It outlives Redis outages: a failed read is retried with exponential backoff (capped at
+    `max_backoff_s`) for as long as the app runs, and resumes after `last_id`, so the items
+    minted while this replica was cut off arrive once Redis answers again, without a restart.
+    """
 
     def __init__(
         self,
@@ -109,6 +114,7 @@ class EventFollower:
         last_id: str,
         *,
         block_ms: int = 1000,
+        max_backoff_s: float = 2.0,
         on_added: Callable[[MintedEvent], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
     ):
@@ -116,8 +122,10 @@ class EventFollower:
         self.catalog = catalog
         self.last_id = last_id
         self.block_ms = block_ms
+        self.max_backoff_s = max_backoff_s
         self.on_added = on_added
         self.on_error = on_error
+        self.connected = True  # False from a failed read until the next one succeeds
         self._task: asyncio.Task | None = None
         self._stopping = False
 
@@ -125,6 +133,9 @@ class EventFollower:
         added = 0
         for event in events:
             self.last_id = event.entry_id
+            if not (event.item_id and event.textual_id and event.token_ids):
+                log.warning("event %s is malformed; skipped", event.entry_id)
+                continue
             try:
                 if self.catalog.add(event.item_id, event.textual_id, event.token_ids):
                     added += 1
@@ -141,17 +152,27 @@ class EventFollower:
                 events = await self.registry.read_events(self.last_id, block_ms=self.block_ms)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - Redis, network or a malformed entry: never die
                 if self._stopping:
                     return
-                if self.on_error is not None:
-                    self.on_error(exc)
-                log.warning("following the events stream failed (%s); retrying in %.1f s", exc, backoff)
+                self._failed(exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, self.max_backoff_s)
                 continue
+            if not self.connected:
+                log.info("events stream readable again; resuming after entry %s", self.last_id)
+                self.connected = True
             backoff = 0.1
             self.apply(events)
+
+    def _failed(self, exc: Exception, backoff: float) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        if isinstance(exc, RedisError | OSError):
+            log.warning("following the events stream failed (%s); retrying in %.1f s", exc, backoff)
+        else:
+            log.exception("following the events stream failed; retrying in %.1f s", backoff)
+        self.connected = False
 
     def start(self) -> None:
         self._stopping = False

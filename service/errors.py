@@ -1,7 +1,9 @@
 """The HTTP error envelope and the mapping of domain errors to it.
 
 Every error response is `{"error": {"code", "message", "details"}}`. Messages say what is
-wrong with the request; they never carry tracebacks, file paths or Redis internals.
+wrong with the request; they never carry tracebacks, file paths or Redis internals. A 500 says
+only "internal error" and the request's id (also in the `X-Request-ID` header), which is what
+the service's log line of the failure carries too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from genrec.errors import (
 )
 
 log = logging.getLogger("service")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(scope) -> str | None:
+    """The id `middleware.RequestIdMiddleware` gave this request (None outside it)."""
+    return (scope.get("state") or {}).get("request_id")
 
 
 class ErrorBody(BaseModel):
@@ -103,9 +112,18 @@ def _count_redis_error(request: Request) -> None:
         state.metrics.redis_errors.labels(operation="request").inc()
 
 
-def _field_name(loc: tuple) -> str:
+def _field_name(loc: tuple, error_type: str | None = None) -> str:
+    if error_type == "json_invalid":  # its loc is a character offset, not a field
+        return "body"
     parts = [str(p) for p in loc if p not in ("body",)]
     return ".".join(parts) or "body"
+
+
+def internal_error(request: Request) -> JSONResponse:
+    """The one body every unexpected failure gets: no exception text, only the request id."""
+    request_id = request_id_of(request.scope)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return error_response(500, "internal_error", "internal error", {"request_id": request_id}, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -118,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = []
         for err in exc.errors():
             loc = tuple(err.get("loc", ()))
-            fields.append({"field": _field_name(loc), "message": err.get("msg", "invalid"), "type": err.get("type")})
+            fields.append({"field": _field_name(loc, err.get("type")), "message": err.get("msg", "invalid"), "type": err.get("type")})
         if any(f["type"] == "json_invalid" for f in fields):
             return error_response(400, "invalid_json", "the request body is not valid JSON", {"fields": fields})
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
@@ -135,7 +153,10 @@ def install_error_handlers(app: FastAPI) -> None:
         err = domain_error(exc)
         if isinstance(exc, StoreUnavailableError):
             _count_redis_error(request)
-        if err.status >= 500:
+        if err.status == 500:
+            log.error("request %s failed: %s: %s", request_id_of(request.scope), type(exc).__name__, exc)
+            return internal_error(request)
+        if err.status > 500:
             log.warning("request failed: %s: %s", type(exc).__name__, exc)
         return error_response(err.status, err.code, err.message, err.details)
 
@@ -147,5 +168,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error")
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path,
+                      request_id_of(request.scope))
+        return internal_error(request)

@@ -1,14 +1,46 @@
-"""Pure ASGI middleware: the request body size limit and the per-route request metrics."""
+"""Pure ASGI middleware: request ids, the request body size limit and the per-route request metrics."""
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response
+from .errors import REQUEST_ID_HEADER, error_response
 from .metrics import ServiceMetrics
+
+# A caller's own request id is kept only when it is short and plain: it goes into logs and headers.
+_CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the caller's `X-Request-ID` when it is plain, else a new one),
+    keeps it in the request state for error bodies and logs, and returns it as `X-Request-ID`,
+    so a 500 a client reports can be found in the service's log."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope.get("headers", ()) if k == REQUEST_ID_HEADER.encode()), b"")
+        given = given.decode("latin-1")
+        request_id = given if _CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER.encode()]
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodySizeLimitMiddleware:

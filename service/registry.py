@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,7 +123,12 @@ class Registry:
     """Async access for the event loop, plus a synchronous client for the claims that the
     minting loop makes from the inference thread."""
 
-    def __init__(self, url: str, catalog: str, timeout_s: float = 5.0, replica: str = ""):
+    # After a failed user-ID cache call, the cache is skipped this long: while Redis is down
+    # or hung, the inference thread pays at most one short timeout per window, not one per batch.
+    CACHE_COOLDOWN_S = 5.0
+
+    def __init__(self, url: str, catalog: str, timeout_s: float = 5.0, replica: str = "",
+                 lookup_timeout_s: float = 0.25):
         self.url = url
         self.replica = replica
         self.catalog = catalog
@@ -140,6 +146,13 @@ class Registry:
         # XREAD BLOCK holds its connection: a client of its own with a longer read timeout.
         self.follow_client = aioredis.Redis.from_url(url, retry=_aio_retry(), **{**common, "socket_timeout": timeout_s + 5})
         self.sync = redis.Redis.from_url(url, retry=_retry(), **common)
+        # The user-ID cache is optional (a miss is recomputed): short timeouts, no retries.
+        self.cache = redis.Redis.from_url(
+            url,
+            **{**common, "socket_timeout": lookup_timeout_s, "socket_connect_timeout": lookup_timeout_s},
+            retry=Retry(ExponentialBackoff(), 0),
+        )
+        self._cache_down_until = 0.0
         self._release_sync = self.sync.register_script(_RELEASE)
         self._release_aio = self.aio.register_script(_RELEASE)
         self._seed_script = self.aio.register_script(_SEED)
@@ -177,6 +190,7 @@ class Registry:
             except (RedisError, OSError):  # pragma: no cover - closing a broken connection
                 pass
         self.sync.close()
+        self.cache.close()
 
     # ------------------------------------------------------------------ seeding and loading
 
@@ -249,13 +263,25 @@ class Registry:
     def user_id_key(self, digest: str) -> str:
         return f"{self.prefix}uid:{digest}"
 
+    @property
+    def cache_available(self) -> bool:
+        """False during the cool-down after a failed cache call (the cache is skipped then)."""
+        return time.monotonic() >= self._cache_down_until
+
+    def _cache_failed(self, action: str, exc: Exception) -> None:
+        self._cache_down_until = time.monotonic() + self.CACHE_COOLDOWN_S
+        log.warning("user ID cache %s failed (%s); skipping the cache for %.0f s", action, exc, self.CACHE_COOLDOWN_S)
+
     def get_user_id_sync(self, digest: str) -> list[int] | None:
         """The cached textual user ID (token ids) of a history digest; None when absent or
-        when Redis cannot answer (the caller then generates it)."""
+        when Redis cannot answer within the lookup timeout (the caller then generates it,
+        which gives the same ID: the cache only saves the generator's time)."""
+        if not self.cache_available:
+            return None
         try:
-            raw = self.sync.get(self.user_id_key(digest))
-        except RedisError as exc:
-            log.warning("user ID cache read failed: %s", exc)
+            raw = self.cache.get(self.user_id_key(digest))
+        except (RedisError, OSError) as exc:
+            self._cache_failed("read", exc)
             return None
         try:
             return [int(t) for t in json.loads(raw)] if raw is not None else None
@@ -263,11 +289,13 @@ class Registry:
             return None
 
     def set_user_id_sync(self, digest: str, tokens: Sequence[int], ttl_s: int = 7 * 24 * 3600) -> None:
-        """Best effort: caches a user ID for `ttl_s` seconds."""
+        """Best effort: caches a user ID for `ttl_s` seconds (skipped while the cache is down)."""
+        if not self.cache_available:
+            return
         try:
-            self.sync.set(self.user_id_key(digest), json.dumps(list(tokens)), ex=ttl_s)
-        except RedisError as exc:
-            log.warning("user ID cache write failed: %s", exc)
+            self.cache.set(self.user_id_key(digest), json.dumps(list(tokens)), ex=ttl_s)
+        except (RedisError, OSError) as exc:
+            self._cache_failed("write", exc)
 
     # ------------------------------------------------------------------ minting
 
@@ -374,11 +402,17 @@ class Registry:
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> MintedEvent:
+    """A stream entry as an event; a malformed one gets no token ids (the follower skips it
+    and moves on, instead of failing on the same entry forever)."""
+    try:
+        token_ids = [int(t) for t in json.loads(fields.get("token_ids") or "[]")]
+    except (ValueError, TypeError):
+        token_ids = []
     return MintedEvent(
         entry_id=entry_id,
         item_id=fields.get("item_id", ""),
         textual_id=fields.get("textual_id", ""),
-        token_ids=json.loads(fields.get("token_ids") or "[]"),
+        token_ids=token_ids,
         replica=fields.get("replica", ""),
     )
 

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import math
+import operator
 import unicodedata
+from functools import reduce
 from typing import Annotated
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
+    TypeAdapter,
+    WithJsonSchema,
 )
+
+# Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
+# no metadata anyone needs, and Python refuses to print integers past 4300 digits.
+SAFE_INTEGER = 2**53 - 1
 
 
 def _no_control_characters(value: str) -> str:
@@ -37,12 +47,36 @@ ItemId = Annotated[
 ]
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
 MetadataText = Annotated[StrictStr, Field(max_length=4096)]
-MetadataValue = (
-    MetadataText
-    | StrictInt
-    | Annotated[StrictFloat, AfterValidator(_finite)]
-    | Annotated[list[Annotated[StrictStr, Field(max_length=256)]], Field(max_length=64)]
-)
+
+
+def _metadata_kind(value) -> str | None:
+    """Which kind of metadata value this is, by its JSON type: the value is checked against that
+    kind alone, so an error says what is wrong with it (not why it is none of the four kinds), and
+    an integer out of bounds is refused rather than taken as a float."""
+    if isinstance(value, bool):
+        return None
+    for kind, types in (("string", str), ("integer", int), ("number", float), ("list", list)):
+        if isinstance(value, types):
+            return kind
+    return None
+
+
+_METADATA_KINDS = {
+    "string": MetadataText,
+    "integer": Annotated[StrictInt, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER)],
+    "number": Annotated[StrictFloat, AfterValidator(_finite)],
+    "list": Annotated[list[Annotated[StrictStr, Field(max_length=256)]], Field(max_length=64)],
+}
+MetadataValue = Annotated[
+    reduce(operator.or_, (Annotated[kind, Tag(name)] for name, kind in _METADATA_KINDS.items())),
+    Discriminator(
+        _metadata_kind,
+        custom_error_type="metadata_value_type",
+        custom_error_message="must be a string, a number or a list of strings",
+    ),
+    # Documented as anyOf: a JSON integer is also a JSON number, which a oneOf would forbid.
+    WithJsonSchema(TypeAdapter(reduce(operator.or_, _METADATA_KINDS.values())).json_schema()),
+]
 
 
 class _Strict(BaseModel):
@@ -51,7 +85,11 @@ class _Strict(BaseModel):
 
 class RecommendationRequest(_Strict):
     history: list[ItemId] = Field(
-        ..., min_length=1, description="item ids the user interacted with, oldest first (GENREC_MAX_HISTORY at most)"
+        ...,
+        min_length=1,
+        description="item ids the user interacted with, oldest first (GENREC_MAX_HISTORY at most). "
+        "Repeats are kept as sent (a repeated interaction is part of the history the model reads); "
+        "unknown ids are listed once each, and exclude_history excludes each id once.",
     )
     user_id: Annotated[StrictStr, Field(max_length=256)] | None = Field(
         None, description="accepted; used once a bundle is trained with textual user IDs"

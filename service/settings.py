@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var/redis"), description="data folder of the embedded Redis")
     redis_timeout_s: float = Field(5.0, gt=0, le=60, description="Redis socket timeout")
     redis_startup_timeout_s: float = Field(30.0, ge=0, le=600, description="how long start waits for Redis")
+    redis_lookup_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="budget of the optional Redis reads on the recommendation path (unknown history items, "
+        "the user-ID cache); past it the request is answered from memory",
+    )
 
     # Write access: POST /v1/items needs `Authorization: Bearer <token>` when set.
     api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("API_TOKEN", "GENREC_API_TOKEN"))
@@ -51,6 +58,15 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
     torch_threads: int | None = Field(None, ge=1, le=256)
     trie_fold_threshold: int = Field(1000, ge=1, description="overlay size at which the trie is rebuilt")
+
+    # Lifecycle.
+    shutdown_timeout_s: float = Field(
+        25.0,
+        ge=0,
+        le=600,
+        description="on SIGTERM, how long in-flight requests may take before they are cancelled "
+        "(below the orchestrator's kill deadline, e.g. Kubernetes' 30 s grace period)",
+    )
 
     @field_validator("redis_url", "api_token", mode="before")
     @classmethod

@@ -51,6 +51,12 @@ def catalog_metadata() -> list[dict]:
 @pytest.fixture(scope="session")
 def bundle_path(tmp_path_factory) -> Path:
     """A complete idgenrec bundle: trained tokenizer, untrained tiny T5s, IDs minted for real."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+def build_tiny_bundle(out: Path) -> Path:
+    """The test bundle, written to `out`; a plain function so scripts (benchmarks/load_replicas.py
+    runs) can build the same bundle outside pytest."""
     metadata = [flatten_metadata(m) for m in catalog_metadata()]
     texts = [flatten_item_text(m) for m in metadata]
     vocabulary = [metadata_values_text(m) for m in metadata]
@@ -68,7 +74,6 @@ def bundle_path(tmp_path_factory) -> Path:
     config["data"]["max_history"] = 10
     config["recommender"]["max_source_length"] = 256
     config["eval"]["num_beams"] = 10
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
     return write_bundle(
         out,
         kind="idgenrec",

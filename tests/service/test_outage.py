@@ -1,0 +1,201 @@
+"""Redis outages (issue 7.1): while Redis is down, hung, or cut off from one replica,
+recommendations are served from memory, minting answers 503 and /readyz names Redis; when
+Redis is back, every replica recovers by itself and learns what it missed from the stream.
+
+Each test breaks a redis-server of its own (tests/service/redis_server.py), never the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from service.registry import Registry
+
+from .conftest import N_ITEMS, assert_error, serve, wait_until
+from .redis_server import RedisServer
+from .tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.anyio
+
+TITLE = {"title": "fresh space story"}
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server this test may crash, freeze and restart (AOF, fsync on every write)."""
+    server = RedisServer(tmp_path / "redis-data", appendfsync="always")
+    try:
+        yield server.start()
+    finally:
+        server.close()
+
+
+async def wait_for_status(client, path: str, status: int, timeout_s: float) -> float | None:
+    """Seconds until `path` answers `status` (polled every 50 ms), or None past the timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if (await client.get(path)).status_code == status:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def recommended_ids(client, history=("m0",)) -> set[str]:
+    response = await client.post("/v1/recommendations", json={"history": list(history), "k": 100})
+    assert response.status_code == 200, response.text
+    return {item["item_id"] for item in response.json()["items"]}
+
+
+def assert_mint_refused(response) -> None:
+    error = assert_error(response, 503, "store_unavailable")
+    assert "uniqueness" in error["message"] and "Redis" in error["message"]
+    assert response.headers["retry-after"] == "1"
+
+
+async def assert_redis_not_ready(client) -> None:
+    error = assert_error(await client.get("/readyz"), 503, "not_ready")
+    checks = error["details"]["checks"]
+    assert checks["bundle"] == "ok"
+    assert checks["redis"].startswith("unreachable")
+    assert error["message"].startswith("redis: ")
+
+
+async def test_redis_crash_then_restart_two_replicas_recover(make_settings, redis_server):
+    settings = make_settings(redis_url=redis_server.url, redis_timeout_s=0.5)
+    async with serve(settings) as (app_a, a), serve(settings) as (app_b, b):
+        before = await a.post("/v1/items", json={"item_id": "before", "metadata": TITLE})
+        assert before.status_code == 201
+        assert await wait_until(lambda: "before" in app_b.state.service.catalog)
+
+        redis_server.crash()
+
+        # Served from memory: bundle items and items minted before the outage.
+        assert "before" in await recommended_ids(b)
+        ok = await b.post("/v1/recommendations", json={"history": ["m1", "before"], "k": 5})
+        assert ok.status_code == 200 and len(ok.json()["items"]) == 5
+        # An id neither replica knows cannot be checked in Redis: still a fast 422 that says so.
+        start = time.monotonic()
+        error = assert_error(await b.post("/v1/recommendations", json={"history": ["m1", "ghost"]}), 422)
+        assert error["details"]["item_ids"] == ["ghost"] and "registry could not be asked" in error["message"]
+        assert time.monotonic() - start < 2.0
+        for client in (a, b):
+            assert_mint_refused(await client.post("/v1/items", json={"item_id": "during", "metadata": TITLE}))
+            await assert_redis_not_ready(client)
+            assert (await client.get("/healthz")).status_code == 200
+        assert await wait_until(lambda: not app_b.state.service.follower.connected, timeout_s=3)
+        await asyncio.sleep(1.0)  # the followers are backing off now
+
+        restarted = time.monotonic()
+        redis_server.start()  # same port, same AOF folder
+        up = time.monotonic() - restarted
+        for client in (a, b):
+            assert await wait_for_status(client, "/readyz", 200, timeout_s=10) is not None, "readyz did not recover"
+        ready = time.monotonic() - restarted
+        print(f"\nRedis answered PING {up:.2f} s after its restart; both replicas' readyz 200 after {ready:.2f} s")
+
+        start = time.monotonic()
+        after = await a.post("/v1/items", json={"item_id": "after", "metadata": TITLE})
+        assert after.status_code == 201, after.text
+        assert await wait_until(lambda: "after" in app_b.state.service.catalog, timeout_s=10)
+        print(f"replica B learned the item minted on A {time.monotonic() - start:.2f} s after the mint")
+        assert app_b.state.service.follower.connected
+        catalog_b = app_b.state.service.catalog
+        assert catalog_b.textual_id("after") == after.json()["textual_id"]
+        assert catalog_b.trie.index_of("after") is not None
+        assert {"before", "after"} <= await recommended_ids(b)
+        record = await b.get("/v1/items/after")
+        assert record.status_code == 200 and record.json()["textual_id"] == after.json()["textual_id"]
+        # Nothing minted before the crash was lost (AOF), and "during" was never written.
+        assert (await b.get("/v1/items/before")).json()["textual_id"] == before.json()["textual_id"]
+        assert_error(await b.get("/v1/items/during"), 404)
+        assert len(catalog_b) == len(app_a.state.service.catalog) == N_ITEMS + 2
+
+
+async def test_replica_cut_off_catches_up_from_the_stream(make_settings, redis_server):
+    proxy = TcpProxy(redis_server.port)
+    await proxy.start()
+    try:
+        async with (
+            serve(make_settings(redis_url=redis_server.url, redis_timeout_s=0.5)) as (_app_a, a),
+            serve(make_settings(redis_url=proxy.url, redis_timeout_s=0.5)) as (app_b, b),
+        ):
+            await proxy.cut()  # B alone loses Redis; A still reaches it
+            minted = {}
+            for i in range(3):
+                response = await a.post("/v1/items", json={"item_id": f"missed-{i}", "metadata": TITLE})
+                assert response.status_code == 201
+                minted[f"missed-{i}"] = response.json()["textual_id"]
+            assert (await a.get("/readyz")).status_code == 200
+            await assert_redis_not_ready(b)
+            assert_mint_refused(await b.post("/v1/items", json={"item_id": "on-b", "metadata": TITLE}))
+            assert len(await recommended_ids(b)) == N_ITEMS - 1  # bundle items, from memory
+            assert await wait_until(lambda: not app_b.state.service.follower.connected, timeout_s=3)
+            assert not any(item in app_b.state.service.catalog for item in minted)
+
+            await proxy.heal()
+            start = time.monotonic()
+            catalog_b = app_b.state.service.catalog
+            assert await wait_until(lambda: all(item in catalog_b for item in minted), timeout_s=10)
+            print(f"\nthe cut-off replica learned the 3 items it missed {time.monotonic() - start:.2f} s after healing")
+            assert {item: catalog_b.textual_id(item) for item in minted} == minted
+            assert set(minted) <= await recommended_ids(b)
+            assert await wait_for_status(b, "/readyz", 200, timeout_s=5) is not None
+            assert (await b.post("/v1/items", json={"item_id": "on-b", "metadata": TITLE})).status_code == 201
+    finally:
+        await proxy.close()
+
+
+async def test_hung_redis_does_not_stall_recommendations(make_settings, redis_server):
+    settings = make_settings(redis_url=redis_server.url, redis_timeout_s=1.0, redis_lookup_timeout_s=0.2)
+    async with serve(settings) as (_app, client):
+        assert (await client.post("/v1/recommendations", json={"history": ["m1"], "k": 3})).status_code == 200
+        redis_server.freeze()  # connections stay open, nothing answers
+        try:
+            start = time.monotonic()
+            assert (await client.post("/v1/recommendations", json={"history": ["m1"], "k": 3})).status_code == 200
+            error = assert_error(await client.post("/v1/recommendations", json={"history": ["m1", "ghost"]}), 422)
+            assert "registry could not be asked" in error["message"]
+            served = time.monotonic() - start
+            print(f"\ntwo recommendation requests during a Redis freeze: {served:.2f} s")
+            assert served < 1.5  # the lookup had 0.2 s; not the 1 s Redis timeout, nor its retry
+
+            start = time.monotonic()
+            await assert_redis_not_ready(client)
+            assert time.monotonic() - start < 2.5
+            start = time.monotonic()
+            assert_mint_refused(await client.post("/v1/items", json={"item_id": "frozen", "metadata": TITLE}))
+            print(f"mint refused after {time.monotonic() - start:.2f} s (Redis timeout 1 s)")
+            assert time.monotonic() - start < 6.0
+        finally:
+            redis_server.thaw()
+        assert await wait_for_status(client, "/readyz", 200, timeout_s=5) is not None
+        assert (await client.post("/v1/items", json={"item_id": "thawed", "metadata": TITLE})).status_code == 201
+
+
+def test_user_id_cache_skips_a_hung_redis(redis_server, catalog_name):
+    """The cache is read on the inference thread: a hung Redis costs one short timeout, then
+    the cache is skipped for a cool-down instead of blocking every batch."""
+    registry = Registry(redis_server.url, catalog_name, timeout_s=2.0, lookup_timeout_s=0.2)
+    try:
+        registry.set_user_id_sync("digest", [5, 6, 7], ttl_s=60)
+        assert registry.get_user_id_sync("digest") == [5, 6, 7]
+        redis_server.freeze()
+        start = time.monotonic()
+        assert registry.get_user_id_sync("digest") is None
+        first = time.monotonic() - start
+        start = time.monotonic()
+        assert registry.get_user_id_sync("digest") is None
+        registry.set_user_id_sync("other", [1], ttl_s=60)
+        skipped = time.monotonic() - start
+        assert first < 1.0 and skipped < 0.05, (first, skipped)
+        assert not registry.cache_available
+        redis_server.thaw()
+        registry._cache_down_until = 0.0  # the cool-down is over
+        assert registry.get_user_id_sync("digest") == [5, 6, 7]
+    finally:
+        redis_server.thaw()
+        registry.sync.close()
+        registry.cache.close()
