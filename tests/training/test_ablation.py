@@ -83,3 +83,19 @@ def test_merge_joins_separate_runs_and_refuses_mismatches(ablation, tmp_path):
     other["seed"] = 999
     parts[2].write_text(json.dumps(other))
     assert ablation_main(["--out", str(out), "--merge", *map(str, parts)]) == 2
+
+
+def test_rec_first_variant_has_as_many_recommender_phases_and_epochs_as_the_paper_order():
+    from training.ablation import variant_configs
+    from training.alternate import phase_schedule
+    from training.config import preset
+
+    base = preset("tiny")
+    base.recommender.epochs = 3
+    configs = variant_configs(base, rounds=3)
+    paper = phase_schedule(configs["alternate"].alternate, 3)
+    rec_first = phase_schedule(configs["alternate_rec_first"].alternate, 3)
+    assert [k for k, _ in paper] == ["id", "rec"] * 3
+    assert [k for k, _ in rec_first] == ["rec", "id", "rec", "id", "rec"]
+    assert [e for k, e in rec_first if k == "rec"] == [e for k, e in paper if k == "rec"] == [1, 1, 1]
+    assert configs["keyword"].alternate.rounds == 0
