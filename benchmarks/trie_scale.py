@@ -58,6 +58,13 @@ def root_step(tables, log_probs: torch.Tensor, beams: int):
     return torch.topk(scores, 2 * beams, dim=1)
 
 
+def narrow_nodes(tables, count: int) -> torch.Tensor:
+    """`count` random nodes with exactly one outgoing edge (the same work at every catalog size)."""
+    counts = torch.diff(tables.base_indptr.long())
+    candidates = torch.nonzero(counts == 1).flatten()
+    return candidates[torch.randint(0, candidates.numel(), (count,))]
+
+
 def best_time(fn, repeat: int) -> float:
     fn()
     times = []
@@ -83,6 +90,7 @@ def measure(size: int, logits, log_probs, running, requests: int, beams: int, re
     rng = random.Random(0)
     depth1 = tables.root_children[torch.randint(0, tables.root_children.numel(), (requests * beams,))]
     deep = torch.tensor([rng.randrange(1, tables.num_nodes) for _ in range(requests * beams)])
+    narrow = narrow_nodes(tables, requests * beams)
     step_root = best_time(lambda: root_step(tables, log_probs[::beams], beams), repeat)
     step_d1 = best_time(lambda: masking_step(tables, depth1, log_probs, running, beams), repeat)
     step_dense = best_time(lambda: dense_step(tables, depth1, log_probs, running, beams), repeat)
@@ -90,7 +98,9 @@ def measure(size: int, logits, log_probs, running, requests: int, beams: int, re
         lambda: masking_step(tables, depth1, torch.log_softmax(logits, dim=-1), running, beams), repeat
     )
     step_deep = best_time(lambda: masking_step(tables, deep, log_probs, running, beams), repeat)
+    step_narrow = best_time(lambda: masking_step(tables, narrow, log_probs, running, beams), repeat)
     edges_d1 = int(tables.expand(depth1)[0].numel())
+    edges_narrow = int(tables.expand(narrow)[0].numel())
     # The same step with one minted item in the overlay (incremental tables, no rebuild).
     start = time.perf_counter()
     trie.add("minted", sequences[0][:-1] + (7, EOS))
@@ -111,7 +121,16 @@ def measure(size: int, logits, log_probs, running, requests: int, beams: int, re
         "step_depth1_from_logits_ms": 1000 * step_logits,
         "step_depth1_dense_mask_ms": 1000 * step_dense,
         "step_depth1_overlay_ms": 1000 * step_overlay,
+        "step_narrow_ms": 1000 * step_narrow,
         "edges_depth1": edges_d1,
+        # What the depth-1 step costs beyond a step over one-edge nodes, per extra edge read
+        # (only where there are enough extra edges to measure): the growth with catalog size
+        # is the allowed edges read, while the one-edge step stays flat.
+        "depth1_ns_per_extra_edge": (
+            1e9 * (step_d1 - step_narrow) / (edges_d1 - edges_narrow)
+            if edges_d1 - edges_narrow >= 500
+            else None
+        ),
         "add_one_item_ms": 1000 * add_s,
     }
     return row
@@ -137,6 +156,7 @@ def main(argv=None) -> dict:
     base = rows[0]
     for row in rows:
         row["step_depth1_vs_smallest"] = row["step_depth1_ms"] / base["step_depth1_ms"]
+        row["step_narrow_vs_smallest"] = row["step_narrow_ms"] / base["step_narrow_ms"]
         row["step_root_vs_smallest"] = row["step_root_ms"] / base["step_root_ms"]
         row["step_from_logits_vs_smallest"] = (
             row["step_depth1_from_logits_ms"] / base["step_depth1_from_logits_ms"]
@@ -153,6 +173,7 @@ def main(argv=None) -> dict:
         "step_ratio_largest": largest["step_depth1_vs_smallest"],
         "bytes_per_id_largest": largest["bytes_per_id"],
         "step_from_logits_ratio_largest": largest["step_from_logits_vs_smallest"],
+        "step_narrow_ratio_largest": largest["step_narrow_vs_smallest"],
         "meets_step_target": all(r["step_depth1_vs_smallest"] <= 1.5 for r in rows),
         "meets_step_target_from_logits": all(r["step_from_logits_vs_smallest"] <= 1.5 for r in rows),
         "meets_bytes_target": all(r["bytes_per_id"] <= 100 for r in rows),
@@ -171,7 +192,9 @@ def main(argv=None) -> dict:
             "+overlay ms",
             "d1+softmax ms",
             "dense-mask ms",
+            "narrow ms",
             "edges d1",
+            "ns/extra edge",
             "add ms",
             "d1 / 1st",
             "d1+sm / 1st",
@@ -189,7 +212,9 @@ def main(argv=None) -> dict:
                 r["step_depth1_overlay_ms"],
                 r["step_depth1_from_logits_ms"],
                 r["step_depth1_dense_mask_ms"],
+                r["step_narrow_ms"],
                 r["edges_depth1"],
+                r["depth1_ns_per_extra_edge"],
                 r["add_one_item_ms"],
                 r["step_depth1_vs_smallest"],
                 r["step_from_logits_vs_smallest"],

@@ -74,8 +74,8 @@ def constrained_candidates(
     if banned is not None:
         valid &= ~banned(children)
     width = tokens.shape[1]
-    scores = log_probs.gather(1, tokens) + running_scores.reshape(-1, 1)
-    scores = scores.masked_fill(~valid, float("-inf")).view(requests, beams * width)
+    scores = log_probs.gather(1, tokens).add_(running_scores.reshape(-1, 1))  # in place: no new (A*B, W)
+    scores = scores.masked_fill_(~valid, float("-inf")).view(requests, beams * width)
     k = 2 * num_beams
     if beams * width < k:
         pad = scores.new_full((requests, k - beams * width), float("-inf"))

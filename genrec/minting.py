@@ -6,7 +6,8 @@ returns True when the ID was free and is now taken. The loop always ends: after 
 length step a deterministic numeric suffix is used, and counted.
 """
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from .diverse_beam import WordConstraint, diverse_beam_search
 from .errors import IdExhaustedError
 from .textual_ids import normalize_textual_id
-from .tokenization import encode_text
+from .tokenization import encode_text, encode_texts
 
 
 @dataclass
@@ -92,10 +93,10 @@ def mint_ids(
     when `config.restrict_to_item_words` is on (e.g. metadata values without field names).
     """
     config = config or MintConfig()
-    source = [encode_text(tokenizer, t)[: config.max_source_length - 1] + [tokenizer.eos_token_id] for t in texts]
+    source = [ids[: config.max_source_length - 1] + [tokenizer.eos_token_id] for ids in encode_texts(tokenizer, texts)]
     constraints = None
     if config.restrict_to_item_words:
-        constraints = [item_word_constraint(tokenizer, t) for t in (vocabulary_texts or texts)]
+        constraints = item_word_constraints(tokenizer, vocabulary_texts or texts)
     results: list[MintedId | None] = [None] * len(texts)
     fallback: list[str] = [""] * len(texts)
     state = {i: (config.penalty_start, config.min_length_start, 0) for i in range(len(texts))}
@@ -110,46 +111,42 @@ def mint_ids(
             by_setting.setdefault(setting, []).append(i)
         next_state: dict[int, tuple[float, int, int]] = {}
         for (penalty, min_length, length_step), indices in sorted(by_setting.items()):
-            for start in range(0, len(indices), config.batch_size):
-                batch = indices[start : start + config.batch_size]
-                candidates = diverse_beam_search(
-                    model,
-                    [source[i] for i in batch],
-                    num_groups=config.num_groups,
-                    diversity_penalty=penalty,
-                    min_length=min_length,
-                    max_length=min_length + config.extra_length,
-                    word_constraints=[constraints[i] for i in batch] if constraints else None,
-                )
-                stats.generator_calls += 1
-                for i, item_candidates in zip(batch, candidates, strict=True):
-                    texts_tried = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in item_candidates]
-                    minted = _claim_first(tokenizer, texts_tried, claim)
-                    if minted is not None:
-                        text, tokens = minted
-                        results[i] = MintedId(text, tokens, penalty, min_length, suffixed=False)
-                        bar.update(1)
-                        continue
-                    if not fallback[i]:
-                        fallback[i] = next(
-                            (c[0] for c in map(lambda t: canonical_id(tokenizer, _without_repeats(t)), texts_tried) if c),
-                            "",
-                        )
-                    penalty_next = penalty + config.penalty_step
-                    if penalty_next <= config.penalty_max:
-                        was_raised_penalty.add(i)
-                        next_state[i] = (penalty_next, min_length, length_step)
-                    elif length_step + 1 < config.length_steps:
-                        was_raised_length.add(i)
-                        next_state[i] = (
-                            config.penalty_start,
-                            min_length + config.min_length_step,
-                            length_step + 1,
-                        )
-                    else:
-                        words = _text_words((vocabulary_texts or texts)[i] if config.restrict_to_item_words else texts[i])
-                        results[i] = _suffixed(tokenizer, fallback[i] or words, claim, config)
-                        bar.update(1)
+            decode = functools.partial(
+                diverse_beam_search,
+                model,
+                num_groups=config.num_groups,
+                diversity_penalty=penalty,
+                min_length=min_length,
+                max_length=min_length + config.extra_length,
+            )
+            for i, item_candidates in _decoded_in_order(decode, indices, source, constraints, config.batch_size, stats):
+                texts_tried = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in item_candidates]
+                minted = _claim_first(tokenizer, texts_tried, claim)
+                if minted is not None:
+                    text, tokens = minted
+                    results[i] = MintedId(text, tokens, penalty, min_length, suffixed=False)
+                    bar.update(1)
+                    continue
+                if not fallback[i]:
+                    fallback[i] = next(
+                        (c[0] for c in map(lambda t: canonical_id(tokenizer, _without_repeats(t)), texts_tried) if c),
+                        "",
+                    )
+                penalty_next = penalty + config.penalty_step
+                if penalty_next <= config.penalty_max:
+                    was_raised_penalty.add(i)
+                    next_state[i] = (penalty_next, min_length, length_step)
+                elif length_step + 1 < config.length_steps:
+                    was_raised_length.add(i)
+                    next_state[i] = (
+                        config.penalty_start,
+                        min_length + config.min_length_step,
+                        length_step + 1,
+                    )
+                else:
+                    words = _text_words((vocabulary_texts or texts)[i] if config.restrict_to_item_words else texts[i])
+                    results[i] = _suffixed(tokenizer, fallback[i] or words, claim, config)
+                    bar.update(1)
         state = next_state
     bar.close()
     minted = [r for r in results if r is not None]
@@ -161,10 +158,36 @@ def mint_ids(
     return minted, stats
 
 
+def _decoded_in_order(
+    decode: Callable, indices: list[int], source: list[list[int]], constraints, batch_size: int, stats: MintStats
+) -> Iterator[tuple[int, list]]:
+    """(item, candidates) for `indices`, in their order (claims must not depend on how items
+    were batched). Within windows of a few batches, items are decoded sorted by source length,
+    so a batch pads its sources to similar lengths."""
+    window = 8 * batch_size
+    for start in range(0, len(indices), window):
+        chunk = sorted(indices[start : start + window], key=lambda i: len(source[i]))
+        decoded: dict[int, list] = {}
+        for at in range(0, len(chunk), batch_size):
+            batch = chunk[at : at + batch_size]
+            words = [constraints[i] for i in batch] if constraints else None
+            candidates = decode([source[i] for i in batch], word_constraints=words)
+            stats.generator_calls += 1
+            decoded.update(zip(batch, candidates, strict=True))
+        for i in indices[start : start + window]:
+            yield i, decoded.pop(i)
+
+
 def item_word_constraint(tokenizer, text: str) -> WordConstraint:
     """The item's distinct normalised words, each tokenised as it is inside an ID."""
-    words = dict.fromkeys(normalize_textual_id(text).split(" "))
-    return WordConstraint([encode_text(tokenizer, w) for w in words if w])
+    return item_word_constraints(tokenizer, [text])[0]
+
+
+def item_word_constraints(tokenizer, texts: Sequence[str]) -> list[WordConstraint]:
+    """`item_word_constraint` of each text, all words tokenised in one batched call."""
+    words = [[w for w in dict.fromkeys(normalize_textual_id(text).split(" ")) if w] for text in texts]
+    encoded = iter(encode_texts(tokenizer, [w for item in words for w in item]))
+    return [WordConstraint([next(encoded) for _ in item]) for item in words]
 
 
 def _claim_first(tokenizer, candidates: Sequence[str], claim: Callable[[str], bool]) -> tuple[str, list[int]] | None:

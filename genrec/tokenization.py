@@ -24,6 +24,15 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """`encode_text` of each text in one batched tokenizer call (the per-call overhead of
+    `encode` dominates for short texts such as single words)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [list(ids) if text else [] for text, ids in zip(texts, encoded, strict=True)]
+
+
 def encode_textual_id(tokenizer: PreTrainedTokenizerBase, textual_id: str) -> list[int]:
     """Trie key of an ID: its tokens followed by EOS."""
     return encode_text(tokenizer, textual_id) + [tokenizer.eos_token_id]
