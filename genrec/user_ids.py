@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .beam_search import pad_batch
 from .prompts import HISTORY_SEPARATOR
@@ -47,6 +48,7 @@ def generate_user_ids(
     max_words: int = DEFAULT_MAX_WORDS,
     max_source_length: int = 256,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> list[list[int]]:
     """Greedy user IDs (token ids, no EOS) of at most `max_words` distinct words, one per history.
 
@@ -63,7 +65,8 @@ def generate_user_ids(
     suppressed = [t for t in (tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None]
     try:
         with torch.inference_mode():
-            for start in range(0, len(todo), batch_size):
+            starts = range(0, len(todo), batch_size)
+            for start in tqdm(starts, desc="user IDs", unit="batch", disable=not progress, leave=False):
                 batch = todo[start : start + batch_size]
                 ids, mask = pad_batch(
                     [user_id_source(tokenizer, histories[i], max_source_length) for i in batch], tokenizer.pad_token_id

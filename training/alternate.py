@@ -102,8 +102,9 @@ class UserIds:
     per history; `refresh` after the generator or the IDs change."""
 
     def __init__(self, generator, tokenizer, item_tokens: dict[str, list[int]], *, max_words: int = 4,
-                 max_source_length: int = 256, batch_size: int = 256):
+                 max_source_length: int = 256, batch_size: int = 256, progress: bool = False):
         self.generator = generator
+        self.progress = progress
         self.tokenizer = tokenizer
         self.item_tokens = item_tokens
         self.max_words = max_words
@@ -122,6 +123,7 @@ class UserIds:
         found = generate_user_ids(
             self.generator, self.tokenizer, [[self.item_tokens[i] for i in h] for h in missing],
             max_words=self.max_words, max_source_length=self.max_source_length, batch_size=self.batch_size,
+            progress=self.progress and len(missing) > self.batch_size,
         )
         self._cache.update(zip(missing, found, strict=True))
 

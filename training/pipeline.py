@@ -109,7 +109,7 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     if uses_user_ids(config):
         user_ids = UserIds(
             generator, tokenizer, item_tokens, max_words=config.alternate.user_id_max_words,
-            max_source_length=config.generator.mint.max_source_length,
+            max_source_length=config.generator.mint.max_source_length, progress=progress and rank == 0,
         )
     eval_user_tokens = user_ids.for_evaluation(dataset.split, config.data.max_history) if user_ids else None
 
