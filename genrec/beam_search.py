@@ -39,6 +39,16 @@ def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return ids, mask
 
 
+def first_decoder_step(model, encoder_hidden: torch.Tensor, mask: torch.Tensor):
+    """The decoder's first step from its start token, one row per source, with the cache.
+
+    Every beam of a source starts from the same token, so step 0 runs once per source and the
+    caller repeats the cache (cross-attention K/V included) per beam or group afterwards."""
+    start = torch.full((encoder_hidden.size(0), 1), model.config.decoder_start_token_id,
+                       dtype=torch.long, device=encoder_hidden.device)
+    return model(encoder_outputs=(encoder_hidden,), attention_mask=mask, decoder_input_ids=start, use_cache=True)
+
+
 def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | None) -> torch.Tensor | None:
     """Sorted keys `request * num_nodes + node` of the trie nodes each request must not enter."""
     if not exclude or not any(exclude):
@@ -149,12 +159,7 @@ def constrained_beam_search(
     arange_b = torch.arange(B, device=device)
 
     # Step 0: one row per request at the root.
-    out = model(
-        encoder_outputs=(encoder_hidden,),
-        attention_mask=mask,
-        decoder_input_ids=torch.full((requests, 1), config.decoder_start_token_id, dtype=torch.long, device=device),
-        use_cache=True,
-    )
+    out = first_decoder_step(model, encoder_hidden, mask)
     past = out.past_key_values
     # (On CPU log_softmax is ~3x faster than logsumexp; only the allowed columns are read.)
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (R, V)

@@ -88,7 +88,8 @@ class Cllm4RecModel(nn.Module):
     """A T5 backbone plus a user and an item embedding table for each of the two LMs."""
 
     def __init__(self, backbone: T5ForConditionalGeneration, vocab_size: int, user_ids: Sequence[str],
-                 item_ids: Sequence[str], init_std: float | None = 0.02):
+                 item_ids: Sequence[str], init_std: float | None = 0.02, *, item_bias: bool = False,
+                 item_head_scale: float | None = None):
         super().__init__()
         if backbone.get_input_embeddings().num_embeddings < vocab_size:
             raise ValueError("the backbone's vocabulary is smaller than the tokenizer's words")
@@ -110,6 +111,11 @@ class Cllm4RecModel(nn.Module):
             init_std = float(backbone.get_input_embeddings().weight.detach().float().std())
         for table in self.embedding_tables():
             nn.init.normal_(table.weight, mean=0.0, std=init_std)
+        # The item head: logits = scale * h . e_item (+ b_item). The scale defaults to T5's own
+        # d_model^-0.5 (what its tied LM head applies); the optional per-item bias (zeros at first)
+        # lets popularity live outside the tied embeddings.
+        self.item_head_scale = float(item_head_scale) if item_head_scale is not None else float(d) ** -0.5
+        self.item_bias = nn.Parameter(torch.zeros(len(self.item_ids))) if item_bias else None
 
     # ---------------------------------------------------------------- ids
 
@@ -160,21 +166,24 @@ class Cllm4RecModel(nn.Module):
 
     def decode_hidden(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor, dec_ids: torch.Tensor,
                       dec_mask: torch.Tensor, lm: str) -> torch.Tensor:
-        """Decoder hidden states (scaled as T5 scales them before its tied LM head)."""
+        """Decoder hidden states (the decoder's final layer norm, before any head's scaling)."""
         encoded = self.backbone.encoder(inputs_embeds=self.embed(enc_ids, lm), attention_mask=enc_mask).last_hidden_state
-        hidden = self.backbone.decoder(
+        return self.backbone.decoder(
             inputs_embeds=self.embed(dec_ids, lm), attention_mask=dec_mask,
             encoder_hidden_states=encoded, encoder_attention_mask=enc_mask,
         ).last_hidden_state
-        if getattr(self.backbone.config, "tie_word_embeddings", True):
-            hidden = hidden * (self.backbone.config.d_model ** -0.5)
-        return hidden
 
     def item_logits(self, hidden: torch.Tensor, lm: str = "collab") -> torch.Tensor:
-        """The item prediction head, tied to `lm`'s item table: logits over the items only."""
-        return hidden @ self.tables[lm]["item"].weight.t()
+        """The item prediction head, tied to `lm`'s item table: logits over the items only (plus
+        the item bias, when the model has one, for the collaborative LM)."""
+        logits = (hidden * self.item_head_scale) @ self.tables[lm]["item"].weight.t()
+        if self.item_bias is not None and lm == "collab":
+            logits = logits + self.item_bias
+        return logits
 
     def vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if getattr(self.backbone.config, "tie_word_embeddings", True):  # as T5 scales before its tied head
+            hidden = hidden * (self.backbone.config.d_model ** -0.5)
         return self.backbone.lm_head(hidden)[..., : self.vocab_size]
 
     def score_items(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
@@ -194,9 +203,13 @@ class Cllm4RecModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(str(folder / "backbone"), safe_serialization=True)
-        save_file({f"{lm}.{kind}": self.tables[lm][kind].weight.detach().contiguous().cpu()
-                   for lm in LMS for kind in ("user", "item")}, str(folder / "embeddings.safetensors"))
-        meta = {"vocab_size": self.vocab_size, "user_ids": self.user_ids, "item_ids": self.item_ids}
+        tensors = {f"{lm}.{kind}": self.tables[lm][kind].weight.detach().contiguous().cpu()
+                   for lm in LMS for kind in ("user", "item")}
+        if self.item_bias is not None:
+            tensors["collab.item_bias"] = self.item_bias.detach().contiguous().cpu()
+        save_file(tensors, str(folder / "embeddings.safetensors"))
+        meta = {"vocab_size": self.vocab_size, "user_ids": self.user_ids, "item_ids": self.item_ids,
+                "item_head_scale": self.item_head_scale, "item_bias": self.item_bias is not None}
         (folder / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
@@ -209,13 +222,20 @@ def load_cllm4rec(folder: Path) -> Cllm4RecModel:
         tensors = load_file(str(folder / "embeddings.safetensors"))
     except Exception as exc:
         raise BundleError(f"cannot load the CLLM4Rec model in {folder}: {exc}") from exc
-    model = Cllm4RecModel(backbone, meta["vocab_size"], meta["user_ids"], meta["item_ids"])
+    # Models saved before the item bias / head scale existed: no bias, T5's d_model^-0.5.
+    model = Cllm4RecModel(backbone, meta["vocab_size"], meta["user_ids"], meta["item_ids"],
+                          item_bias=bool(meta.get("item_bias", False)), item_head_scale=meta.get("item_head_scale"))
     for lm in LMS:
         for kind in ("user", "item"):
             weight = tensors.get(f"{lm}.{kind}")
             if weight is None or weight.shape != model.tables[lm][kind].weight.shape:
                 raise BundleError(f"{folder}: embeddings of {lm}.{kind} are missing or of the wrong shape")
             model.tables[lm][kind].weight.data.copy_(weight)
+    if model.item_bias is not None:
+        bias = tensors.get("collab.item_bias")
+        if bias is None or bias.shape != model.item_bias.shape:
+            raise BundleError(f"{folder}: the item bias is missing or of the wrong shape")
+        model.item_bias.data.copy_(bias)
     model.eval()
     return model
 
@@ -350,14 +370,19 @@ def recommend_prompt(model: Cllm4RecModel, pieces: PromptPieces, user: str | Non
     return head + pieces.collab + known + pieces.comma + head + pieces.recommend + [pieces.eos]
 
 
-def mask_history(items: Sequence[str], share: float, rng: random.Random) -> tuple[list[str], list[str]]:
+def mask_history(items: Sequence[str], share: float, rng: random.Random, *,
+                 include_last: bool = False) -> tuple[list[str], list[str]]:
     """(kept, held out): a random `share` of the items held out, at least one, and at least one
-    kept when there are two or more; the kept items keep their order."""
+    kept when there are two or more; the kept items keep their order. With `include_last`, the
+    most recent item is always among the held-out ones (the rest drawn at random)."""
     items = list(dict.fromkeys(items))
     if len(items) < 2:
         return items, []
     n_out = min(max(1, round(share * len(items))), len(items) - 1)
-    out = set(rng.sample(range(len(items)), n_out))
+    if include_last:
+        out = {len(items) - 1} | set(rng.sample(range(len(items) - 1), n_out - 1))
+    else:
+        out = set(rng.sample(range(len(items)), n_out))
     kept = [x for i, x in enumerate(items) if i not in out]
     held = [x for i, x in enumerate(items) if i in out]
     return kept, held

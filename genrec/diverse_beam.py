@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .beam_search import pad_batch
+from .beam_search import first_decoder_step, pad_batch
 
 _ALWAYS = -(2**40)  # `need` of EOS: allowed whatever the room
 _FALLBACK = -1.0e30  # score of the fallback EOS column: below any real log-prob, above -inf
@@ -184,12 +184,7 @@ def diverse_beam_search(
     ids, mask = ids.to(device), mask.to(device)
     encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     # Step 0: one row per item, then the cache (cross-attention K/V included) per group.
-    out = model(
-        encoder_outputs=(encoder_hidden,),
-        attention_mask=mask,
-        decoder_input_ids=torch.full((items, 1), config.decoder_start_token_id, dtype=torch.long, device=device),
-        use_cache=True,
-    )
+    out = first_decoder_step(model, encoder_hidden, mask)
     past = out.past_key_values
     past.batch_repeat_interleave(G)
     encoder_hidden = encoder_hidden.repeat_interleave(G, dim=0)

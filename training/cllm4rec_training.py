@@ -158,9 +158,11 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     for epoch in range(cfg.finetune_epochs):
         model.train()
         examples = []
-        for user in users:
-            kept, held = mask_history(train_items[user], cfg.mask_share, rng)
-            examples.append((None if rng.random() < cfg.user_dropout else user, kept, held))
+        for _ in range(cfg.finetune_views_per_user):
+            for user in users:
+                last = rng.random() < cfg.last_item_share
+                kept, held = mask_history(train_items[user], cfg.mask_share, rng, include_last=last)
+                examples.append((None if rng.random() < cfg.user_dropout else user, kept, held))
         rng.shuffle(examples)
         total, n = 0.0, 0
         for chunk in tqdm(_batches(examples, cfg.batch_size), desc=f"finetune {epoch + 1}", disable=not progress, leave=False):
@@ -287,7 +289,8 @@ def run_cllm4rec(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     item_text_ids = {i: encode_text(tokenizer, text) for i, text in zip(item_ids, texts, strict=True)}
     backbone = build_t5(cfg.model, tokenizer, seed=config.seed)  # sized to the words only
     vocab_size = extend_tokenizer(tokenizer, user_ids, item_ids)
-    model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids, init_std=cfg.init_std)
+    model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids, init_std=cfg.init_std, item_bias=cfg.item_bias,
+                          item_head_scale=cfg.item_head_scale)
     model.set_backbone_trainable(not cfg.freeze_backbone)
     pieces = PromptPieces.from_tokenizer(tokenizer)
     train_items, held = holdout_split(split, cfg.holdout_share, config.seed)

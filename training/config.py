@@ -107,6 +107,10 @@ class Cllm4RecConfig:
     # have about that spread); None matches the backbone's own word embeddings (about 1.0 for a
     # freshly initialised T5, whose ID tokens are otherwise drowned in the residual stream).
     init_std: float | None = 0.02
+    finetune_views_per_user: int = 1  # fresh random masks of each user's items per fine-tuning epoch
+    last_item_share: float = 0.0  # share of fine-tuning examples whose masked-out items include the latest
+    item_bias: bool = False  # a learned per-item bias in the (tied) item head
+    item_head_scale: float | None = None  # scale of the hidden state before the item head; None: d_model^-0.5
 
 
 @dataclass
