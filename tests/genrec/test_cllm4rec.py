@@ -215,3 +215,41 @@ def test_a_frozen_backbone_does_not_change(setup):
     loss, _ = doc_loss(model, collab_batch(model, pieces, [("1", ["3", "5"])]), "collab", 1.0)
     _step(model, optimizer, loss, 1.0)
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_the_item_head_bias_and_scale_are_used_and_saved(setup, tmp_path):
+    tokenizer, _, pieces = setup
+    torch.manual_seed(0)
+    model = Cllm4RecModel(setup[1].backbone, setup[1].vocab_size, USERS, ITEMS, item_bias=True, item_head_scale=1.0)
+    assert model.item_head_scale == 1.0 and model.item_bias is not None and model.item_bias.requires_grad
+    hidden = torch.randn(2, model.backbone.config.d_model)
+    with torch.no_grad():
+        model.item_bias.copy_(torch.arange(len(ITEMS), dtype=torch.float))
+    expected = hidden @ model.tables["collab"]["item"].weight.t() + torch.arange(len(ITEMS), dtype=torch.float)
+    assert torch.allclose(model.item_logits(hidden, "collab"), expected)
+    # Still tied to the item table: the head has no item weights of its own.
+    assert torch.allclose(model.item_logits(hidden, "content"), hidden @ model.tables["content"]["item"].weight.t())
+    # The multinomial loss trains the bias.
+    batch = finetune_batch(model, pieces, [("1", ["1", "2"], ["3"])], max_items=50)
+    multinomial_loss(model.score_items(batch.enc_ids, batch.enc_mask), batch.targets).backward()
+    assert model.item_bias.grad is not None and float(model.item_bias.grad.abs().sum()) > 0
+    model.eval()
+    model.save(tmp_path / "m")
+    loaded = load_cllm4rec(tmp_path / "m")
+    assert loaded.item_head_scale == 1.0 and torch.equal(loaded.item_bias, model.item_bias)
+    a = Cllm4RecRecommender(model, tokenizer).scores([["1", "2"]], users=["2"])
+    b = Cllm4RecRecommender(loaded, tokenizer).scores([["1", "2"]], users=["2"])
+    assert torch.allclose(a, b)
+    # The default (and models saved before the option existed): no bias, T5's d_model^-0.5.
+    assert setup[1].item_bias is None and setup[1].item_head_scale == pytest.approx(TINY.d_model ** -0.5)
+
+
+def test_the_latest_item_can_be_forced_into_the_masked_out_items():
+    history = [str(i) for i in range(1, 11)]
+    for seed in range(20):
+        kept, held = mask_history(history, 0.3, random.Random(seed), include_last=True)
+        assert "10" in held and len(held) == 3 and "10" not in kept
+        assert set(kept) | set(held) == set(history) and not set(kept) & set(held)
+    assert mask_history(["1", "2"], 0.9, random.Random(0), include_last=True) == (["1"], ["2"])
+    drawn = [mask_history(history, 0.1, random.Random(seed))[1] for seed in range(30)]
+    assert any(h != ["10"] for h in drawn)  # without it, the held-out item is random

@@ -4,6 +4,7 @@ catalog: a verified bundle of kind cllm4rec whose eval.json has both protocols; 
 import json
 
 import pytest
+import torch
 
 from genrec.bundle import load_bundle, verify_bundle
 from genrec.cllm4rec import MODEL_DIR, load_cllm4rec
@@ -77,3 +78,43 @@ def test_config_kind_and_presets():
     apply_override(config, "cllm4rec.freeze_backbone=true")
     assert config.cllm4rec.freeze_backbone is True
     assert preset("tiny").kind == "idgenrec"
+
+
+def test_fine_tuning_makes_several_masked_views_per_user(monkeypatch):
+    import training.cllm4rec_training as ct
+    from training.config import Cllm4RecConfig
+
+    seen: list[list] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_batch(model, pieces, chunk, max_items):
+        seen.append(list(chunk))
+        raise Stop
+
+    monkeypatch.setattr(ct, "finetune_batch", fake_batch)
+    train_items = {"a": ["1", "2", "3", "4", "5"], "b": ["6", "7", "8"], "c": ["9"]}
+    cfg = Cllm4RecConfig(finetune_epochs=1, batch_size=100, finetune_views_per_user=3, last_item_share=1.0,
+                         user_dropout=0.0)
+
+    class Dummy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    with pytest.raises(Stop):
+        ct.finetune(Dummy(), None, train_items, cfg, seed=0, progress=False)
+    (chunk,) = seen
+    users = sorted(u for u, _, _ in chunk)
+    assert users == ["a", "a", "a", "b", "b", "b"]  # 3 views per user with 2+ items
+    for user, kept, held in chunk:
+        assert held and train_items[user][-1] in held  # last_item_share=1: the latest is masked out
+        assert set(kept) | set(held) == set(train_items[user])
+
+
+def test_presets_use_the_measured_fine_tuning_settings():
+    for name in ("cllm4rec-tiny", "cllm4rec-ml100k"):
+        cfg = preset(name).cllm4rec
+        assert cfg.finetune_views_per_user > 1 and cfg.item_bias and cfg.item_head_scale == 1.0
+        assert 0.0 < cfg.last_item_share < 1.0
