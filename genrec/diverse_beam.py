@@ -269,9 +269,11 @@ class _Rules:
 
 def _candidate_scores(rules: _Rules, step: int, log_probs, source, batch, alive, state, used):
     """(tokens, scores) of the batch rows' candidates this step (batch row i reads log_probs
-    row source[i]), -inf where not allowed (and everywhere for rows that ended). With word constraints: the (rows, W) tokens their
-    automaton state allows, sorted, so ties break towards the smaller token as a dense argmax
-    would. Without: tokens is None and the candidates are the whole vocabulary."""
+    row source[i]), -inf where not allowed (and everywhere for rows that ended).
+
+    With word constraints: the (rows, W) tokens their automaton state allows, sorted, so ties
+    break towards the smaller token as a dense argmax would. Without: tokens is None and the
+    candidates are the whole vocabulary."""
     blocked = ~alive[batch][:, None]
     words, allowed_mask, eos = rules.words, rules.allowed_mask, rules.eos
     if words is not None:

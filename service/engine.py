@@ -91,7 +91,8 @@ class Engine:
 
     def user_id_tokens_batch(self, jobs: list[RecommendJob]) -> list[list[int] | None]:
         """User IDs of the requests' visible histories (the last max_history items), cached in
-        Redis under `uid:{sha1 of the history's ID tokens}`; the misses are generated in one batch."""
+        Redis under `uid:{sha1 of the history's ID tokens}`: one MGET for the whole batch, the
+        misses generated in one batch and written back in one pipelined round trip."""
         if not self.uses_user_ids:
             return [None] * len(jobs)
         trie = self.catalog.trie
@@ -102,9 +103,7 @@ class Engine:
             # Unknown items are reported by the recommender; they do not feed the user ID.
             histories.append([list(trie.sequence(i)[:-1]) for i in indices if i is not None])
         digests = [history_digest(h, self.user_id_max_words) for h in histories]
-        found: list[list[int] | None] = [
-            self.registry.get_user_id_sync(d) if self.registry is not None else None for d in digests
-        ]
+        found = self.registry.get_user_ids_sync(digests) if self.registry is not None else [None] * len(jobs)
         missing = [i for i, tokens in enumerate(found) if tokens is None]
         if missing:
             with torch.inference_mode():
@@ -114,8 +113,8 @@ class Engine:
                 )
             for i, tokens in zip(missing, made, strict=True):
                 found[i] = tokens
-                if self.registry is not None:
-                    self.registry.set_user_id_sync(digests[i], tokens)
+            if self.registry is not None:
+                self.registry.set_user_ids_sync({digests[i]: found[i] for i in missing})
         return found
 
     # ------------------------------------------------------------------ recommendations

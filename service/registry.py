@@ -44,6 +44,8 @@ from genrec.errors import StoreUnavailableError
 
 log = logging.getLogger("service.registry")
 
+USER_ID_TTL_S = 7 * 24 * 3600  # a cached user ID lives a week (it is cheap to regenerate)
+
 # Deletes KEYS[1] only while it still holds ARGV[1] (a claim nobody else has finalised).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -273,27 +275,37 @@ class Registry:
         log.warning("user ID cache %s failed (%s); skipping the cache for %.0f s", action, exc, self.CACHE_COOLDOWN_S)
 
     def get_user_id_sync(self, digest: str) -> list[int] | None:
-        """The cached textual user ID (token ids) of a history digest; None when absent or
-        when Redis cannot answer within the lookup timeout (the caller then generates it,
-        which gives the same ID: the cache only saves the generator's time)."""
-        if not self.cache_available:
-            return None
+        """The cached textual user ID (token ids) of one history digest (see get_user_ids_sync)."""
+        return self.get_user_ids_sync([digest])[0]
+
+    def get_user_ids_sync(self, digests: Sequence[str]) -> list[list[int] | None]:
+        """The cached textual user IDs (token ids) of a batch of history digests in one round
+        trip (MGET); None for each one absent, unreadable, or when Redis cannot answer within
+        the lookup timeout (the caller then generates it, which gives the same ID: the cache
+        only saves the generator's time)."""
+        if not digests or not self.cache_available:
+            return [None] * len(digests)
         try:
-            raw = self.cache.get(self.user_id_key(digest))
+            raws = self.cache.mget([self.user_id_key(d) for d in digests])
         except (RedisError, OSError) as exc:
             self._cache_failed("read", exc)
-            return None
-        try:
-            return [int(t) for t in json.loads(raw)] if raw is not None else None
-        except (ValueError, TypeError):
-            return None
+            return [None] * len(digests)
+        return [_parse_token_list(raw) for raw in raws]
 
-    def set_user_id_sync(self, digest: str, tokens: Sequence[int], ttl_s: int = 7 * 24 * 3600) -> None:
-        """Best effort: caches a user ID for `ttl_s` seconds (skipped while the cache is down)."""
-        if not self.cache_available:
+    def set_user_id_sync(self, digest: str, tokens: Sequence[int], ttl_s: int = USER_ID_TTL_S) -> None:
+        """Best effort: caches one user ID for `ttl_s` seconds (see set_user_ids_sync)."""
+        self.set_user_ids_sync({digest: tokens}, ttl_s)
+
+    def set_user_ids_sync(self, tokens_by_digest: dict[str, Sequence[int]], ttl_s: int = USER_ID_TTL_S) -> None:
+        """Best effort: caches a batch of user IDs for `ttl_s` seconds in one pipelined round
+        trip (skipped while the cache is down)."""
+        if not tokens_by_digest or not self.cache_available:
             return
         try:
-            self.cache.set(self.user_id_key(digest), json.dumps(list(tokens)), ex=ttl_s)
+            pipe = self.cache.pipeline(transaction=False)
+            for digest, tokens in tokens_by_digest.items():
+                pipe.set(self.user_id_key(digest), json.dumps([int(t) for t in tokens]), ex=ttl_s)
+            pipe.execute()
         except (RedisError, OSError) as exc:
             self._cache_failed("write", exc)
 
@@ -415,6 +427,16 @@ def _event(entry_id: str, fields: dict[str, str]) -> MintedEvent:
         token_ids=token_ids,
         replica=fields.get("replica", ""),
     )
+
+
+def _parse_token_list(raw: str | bytes | None) -> list[int] | None:
+    """A cached user ID back from its JSON list; None when absent or not a list of ints."""
+    if raw is None:
+        return None
+    try:
+        return [int(t) for t in json.loads(raw)]
+    except (ValueError, TypeError):
+        return None
 
 
 def _glob_escape(text: str) -> str:

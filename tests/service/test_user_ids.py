@@ -3,6 +3,8 @@ bundle's generator, cached in Redis under `uid:{sha1 of the history}`."""
 
 from __future__ import annotations
 
+import pytest
+
 import service.engine as engine_module
 from genrec.bundle import load_bundle
 from genrec.user_ids import history_digest
@@ -12,15 +14,18 @@ from service.metrics import ServiceMetrics
 from service.registry import Registry
 
 
-class FakeCache:
-    def __init__(self):
-        self.values: dict[str, list[int]] = {}
+@pytest.fixture
+def registry(redis_url, catalog_name):
+    """A real Registry on the test Redis, in this test's own key namespace."""
+    registry = Registry(redis_url, catalog_name)
+    yield registry
+    registry.sync.close()
 
-    def get_user_id_sync(self, digest):
-        return self.values.get(digest)
 
-    def set_user_id_sync(self, digest, tokens, ttl_s=0):
-        self.values[digest] = list(tokens)
+def cached_digests(registry) -> set[str]:
+    prefix = registry.user_id_key("")
+    return {key.decode()[len(prefix):] if isinstance(key, bytes) else key[len(prefix):]
+            for key in registry.sync.scan_iter(match=prefix + "*")}
 
 
 def make_engine(bundle_path, registry, user_ids=True):
@@ -29,9 +34,8 @@ def make_engine(bundle_path, registry, user_ids=True):
     return Engine(bundle, Catalog(bundle.items, bundle.tokenizer.eos_token_id), registry, ServiceMetrics())
 
 
-def test_user_ids_come_from_the_history_and_are_cached(bundle_path, monkeypatch):
-    cache = FakeCache()
-    engine = make_engine(bundle_path, cache)
+def test_user_ids_come_from_the_history_and_are_cached(bundle_path, registry, monkeypatch):
+    engine = make_engine(bundle_path, registry)
     assert engine.uses_user_ids
     calls = []
     real = engine_module.generate_user_ids
@@ -41,21 +45,22 @@ def test_user_ids_come_from_the_history_and_are_cached(bundle_path, monkeypatch)
     assert calls == [2] and all(isinstance(t, list) for t in first)
     trie = engine.catalog.trie
     digest = history_digest([list(trie.sequence(trie.index_of(i))[:-1]) for i in ("m1", "m2", "m3")])
-    assert cache.values[digest] == first[0]
+    assert registry.get_user_id_sync(digest) == first[0]
+    assert len(cached_digests(registry)) == 2
     # Cached: the same histories generate nothing; a new one is generated alone.
     again = engine.user_id_tokens_batch(jobs + [RecommendJob(("m5", "m6"), 5, True)])
     assert again[:2] == first and calls == [2, 1]
+    assert len(cached_digests(registry)) == 3
     # The prompt carries the user ID, and recommending works with it.
     results = engine.recommend_batch([RecommendJob(("m1", "m2", "m3"), 5, True)])
     assert not isinstance(results[0], Exception) and len(results[0]) == 5
 
 
-def test_no_user_ids_when_the_bundle_has_none(bundle_path):
-    cache = FakeCache()
-    engine = make_engine(bundle_path, cache, user_ids=False)
+def test_no_user_ids_when_the_bundle_has_none(bundle_path, registry):
+    engine = make_engine(bundle_path, registry, user_ids=False)
     assert not engine.uses_user_ids
     assert engine.user_id_tokens(RecommendJob(("m1",), 5, True)) is None
-    assert cache.values == {}
+    assert cached_digests(registry) == set()
 
 
 def test_registry_user_id_cache(redis_url, catalog_name):
@@ -69,3 +74,12 @@ def test_registry_user_id_cache(redis_url, catalog_name):
     finally:
         registry.sync.delete(registry.user_id_key("abc"))
         registry.sync.close()
+
+
+def test_registry_user_id_cache_batches(registry):
+    """One MGET answers a batch (absent and unreadable entries are None); one pipeline writes."""
+    registry.set_user_ids_sync({"a": [1, 2], "b": [3]}, ttl_s=60)
+    registry.cache.set(registry.user_id_key("bad"), "not json")
+    assert registry.get_user_ids_sync(["a", "missing", "b", "bad"]) == [[1, 2], None, [3], None]
+    assert registry.get_user_ids_sync([]) == []
+    assert 0 < registry.sync.ttl(registry.user_id_key("b")) <= 60
