@@ -4,7 +4,10 @@ fast path (batched constrained beam search over the trie tables) on the bundle's
 Measures (a) the test set's wall time by each path and their ratio, (b) per-request latency
 at batch 1 and batch 32 for both, (c) the share of fast-path decode time spent on the trie
 constraint, (d) the floor: the same forward passes (encoder, one decoder call per step over
-the same batch of beams, KV cache) without any search logic. Checks the top-k lists match.
+the same batch of beams, KV cache) run by the fast path's decoder code (genrec.t5_decoding)
+without any search logic, at batch 1 and in the test-set batches; for comparison, also the
+same passes through `transformers`' own cached T5 forward (`hf_floor_s`). Checks the top-k
+lists match.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from genrec.beam_search import SearchProfile, constrained_beam_search, pad_batch, reference_generate_topk
 from genrec.bundle import load_bundle
 from genrec.recommend import IdGenRecRecommender
+from genrec.t5_decoding import BeamDecoder, start_tokens
 from genrec.trie import TextualIdTrie
 
 from .common import load_split, mean, parser, plot_path, print_table, pyplot, setup, write_json
@@ -33,7 +37,22 @@ def build_requests(recommender, split, users, max_history):
 
 @torch.inference_mode()
 def floor_decode(model, prompts, num_beams: int, steps: int) -> None:
-    """The forward passes alone: encoder, then `steps` cached decoder calls over all beams."""
+    """The fast path's forward passes alone: encoder, the first step once per request, then
+    `steps - 1` decoder steps over all beams (genrec.t5_decoding), each with its log-softmax."""
+    config = model.config
+    ids, mask = pad_batch(prompts, config.pad_token_id)
+    hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    decoder = BeamDecoder(model, hidden, mask)
+    torch.log_softmax(decoder.step(start_tokens(model, len(prompts), hidden.device)).float(), dim=-1)
+    decoder.expand(num_beams)
+    tokens = torch.full((len(prompts) * num_beams,), 5, dtype=torch.long)
+    for _ in range(steps - 1):
+        torch.log_softmax(decoder.step(tokens).float(), dim=-1)
+
+
+def hf_floor_decode(model, prompts, num_beams: int, steps: int) -> None:
+    """The same passes through `transformers`' cached T5 forward: encoder, then `steps` decoder
+    calls over all beams with the cross-attention keys/values repeated per beam."""
     config = model.config
     ids, mask = pad_batch(prompts, config.pad_token_id)
     hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -140,11 +159,15 @@ def main(argv=None) -> dict:
 
     # (b) Latency per request at batch 1 and batch 32.
     m = min(args.latency_users, n)
-    fast_b1 = []
+    fast_b1, floor_b1 = [], []
     for prompt, banned in zip(prompts[:m], exclude[:m], strict=True):
+        one = SearchProfile()
         start = time.perf_counter()
-        constrained_beam_search(model, [prompt], tables, beams, args.k, [banned])
+        constrained_beam_search(model, [prompt], tables, beams, args.k, [banned], profile=one)
         fast_b1.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        floor_decode(model, [prompt], beams, one.steps + 1)
+        floor_b1.append(time.perf_counter() - start)
     ref_b1 = ref_times[:m]
     fast_b32, ref_b32 = [], []
     for chunk_p, chunk_e in zip(
@@ -158,7 +181,7 @@ def main(argv=None) -> dict:
         ref_b32.append(time.perf_counter() - start)
 
     # (c) Constraint share and (d) the floor, over the batches of (a).
-    floor_s = 0.0
+    floor_s = hf_floor_s = 0.0
     steps_profile = SearchProfile()
     fast_again = 0.0
     for chunk_p, chunk_e in zip(batches(prompts, args.batch), batches(exclude, args.batch), strict=True):
@@ -169,6 +192,9 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         floor_decode(model, chunk_p, beams, steps_profile.steps + 1)
         floor_s += time.perf_counter() - start
+        start = time.perf_counter()
+        hf_floor_decode(model, chunk_p, beams, steps_profile.steps + 1)
+        hf_floor_s += time.perf_counter() - start
 
     result = {
         "users": n,
@@ -196,6 +222,10 @@ def main(argv=None) -> dict:
         "floor_s": floor_s,
         "fast_s_second_run": fast_again,
         "floor_ratio": fast_again / floor_s,
+        "floor_batch1_ms": 1000 * mean(floor_b1),
+        "floor_ratio_batch1": mean(fast_b1) / mean(floor_b1),
+        "hf_floor_s": hf_floor_s,
+        "fast_over_hf_floor": fast_again / hf_floor_s,
     }
     print_table(
         "test set",
@@ -224,9 +254,13 @@ def main(argv=None) -> dict:
         ["what", "value"],
         [
             ["constraint (mask) share of decode time", result["mask_share"]],
-            ["floor (forward passes only) s", floor_s],
+            [f"floor (forward passes only, batches of {args.batch}) s", floor_s],
             ["fast path s (same batches)", fast_again],
             ["fast / floor", result["floor_ratio"]],
+            ["floor at batch 1 ms", result["floor_batch1_ms"]],
+            ["fast / floor at batch 1", result["floor_ratio_batch1"]],
+            ["transformers' cached forward, same passes s", hf_floor_s],
+            ["fast / transformers' forward floor", result["fast_over_hf_floor"]],
             ["identical top-k lists", f"{identical}/{n}"],
             ["same top-k sets", f"{same_sets}/{n}"],
             ["max |score diff|", max_score_diff],

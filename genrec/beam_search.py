@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .t5_decoding import BeamDecoder, start_tokens
 from .trie import TextualIdTrie, TrieTables
 
 _NEG = -1.0e9
@@ -131,8 +132,9 @@ def constrained_beam_search(
     Scores are read only at the trie's allowed (beam, token) edges (a padded (beams, widest
     node) gather) and ranked by one top-k per request; no (beams x vocab) mask is built.
     Step 0 runs one decoder row per request (all beams start equal) over the dense first
-    level; the cross-attention cache is then repeated per beam once and never reordered
-    (beams only move within their request); requests that are done leave the batch.
+    level. The decoder is genrec.t5_decoding's: cross-attention keys/values stay one copy per
+    request that its beams attend to together (beams only move within their request);
+    requests that are done leave the batch.
     """
     if num_beams < k:
         raise ValueError(f"num_beams ({num_beams}) must be >= k ({k})")
@@ -159,10 +161,8 @@ def constrained_beam_search(
     arange_b = torch.arange(B, device=device)
 
     # Step 0: one row per request at the root.
-    out = first_decoder_step(model, encoder_hidden, mask)
-    past = out.past_key_values
-    # (On CPU log_softmax is ~3x faster than logsumexp; only the allowed columns are read.)
-    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (R, V)
+    decoder = BeamDecoder(model, encoder_hidden, mask)
+    log_probs = torch.log_softmax(decoder.step(start_tokens(model, requests, device)).float(), dim=-1)  # (R, V)
     t0 = profile.sync(device) if profile else 0.0  # the constraint's time starts here
     root_tokens, root_children = tables.root_tokens, tables.root_children
     edge_scores = log_probs[:, root_tokens]  # (R, E0): the dense first level
@@ -181,10 +181,7 @@ def constrained_beam_search(
     if profile:
         profile.mask_s += profile.sync(device) - t0
 
-    # Cross-attention K/V and the encoder outputs: one copy per beam, made once.
-    past.batch_repeat_interleave(B)
-    encoder_hidden = encoder_hidden.repeat_interleave(B, dim=0)
-    mask = mask.repeat_interleave(B, dim=0)
+    decoder.expand(B)
     running_scores = nodes = None
     step = 0
     while True:
@@ -219,26 +216,17 @@ def constrained_beam_search(
             break
         # Self-attention cache follows the chosen beams; finished requests leave the batch.
         beam_index = (chosen_parent + torch.arange(A, device=device)[:, None] * B).reshape(-1)
+        keep_req = None
         if not bool(still.all()):
             keep_req = torch.nonzero(still).flatten()
             keep_rows = (keep_req[:, None] * B + arange_b).reshape(-1)
             beam_index = beam_index[keep_rows]
-            past.cross_attention_cache.reorder_cache(keep_rows)
-            encoder_hidden, mask = encoder_hidden[keep_rows], mask[keep_rows]
             active, running_scores = active[keep_req], running_scores[keep_req]
             nodes, chosen_token = nodes[keep_rows], chosen_token[keep_rows]
             A = active.shape[0]
-        past.self_attention_cache.reorder_cache(beam_index)
-
-        out = model(
-            encoder_outputs=(encoder_hidden,),
-            attention_mask=mask,
-            decoder_input_ids=chosen_token.clamp(min=0)[:, None],  # dead beams feed token 0
-            past_key_values=past,
-            use_cache=True,
-        )
-        past = out.past_key_values
-        log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (A*B, V)
+        decoder.select(beam_index, keep_req)
+        logits = decoder.step(chosen_token.clamp(min=0))  # dead beams feed token 0
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (A*B, V)
         t0 = profile.sync(device) if profile else 0.0
         banned = None
         if pruned is not None:
