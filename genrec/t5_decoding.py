@@ -52,6 +52,16 @@ class BeamDecoder:
         self.self_v: list[torch.Tensor | None] = [None] * len(self.blocks)
         self.rows_per_request = 1
         self.length = 0  # decoder tokens already in the self-attention cache
+        self._position_bias = torch.empty((self.heads, 0, 0))  # (heads, query, key), grown on demand
+
+    def _self_position_bias(self, device) -> torch.Tensor:
+        """(heads, length + 1): the relative position bias of this step's query against every
+        key so far, from a (heads, L, L) table computed once per search, not once per step."""
+        needed = self.length + 1
+        if self._position_bias.shape[1] < needed:
+            size = max(16, 2 * needed)
+            self._position_bias = self.position_attention.compute_bias(size, size, device=device)[0]
+        return self._position_bias[:, self.length, :needed]
 
     @property
     def requests(self) -> int:
@@ -86,10 +96,7 @@ class BeamDecoder:
             raise ValueError(f"{rows} tokens for {requests} requests x {per_request} rows")
         heads, head_dim = self.heads, self.head_dim
         hidden = self.embed(tokens)  # (rows, d_model)
-        # (1, heads, 1, length + 1): the bias of this query position against every key position.
-        position_bias = self.position_attention.compute_bias(
-            1, self.length + 1, device=hidden.device, past_seen_tokens=self.length
-        )[0, :, 0, :]
+        position_bias = self._self_position_bias(hidden.device)
         for index, block in enumerate(self.blocks):
             self_layer, cross_layer, feed_forward = block.layer[0], block.layer[1], block.layer[-1]
             attention = self_layer.SelfAttention
