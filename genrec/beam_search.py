@@ -50,6 +50,12 @@ def first_decoder_step(model, encoder_hidden: torch.Tensor, mask: torch.Tensor):
     return model(encoder_outputs=(encoder_hidden,), attention_mask=mask, decoder_input_ids=start, use_cache=True)
 
 
+def _in_sorted(values: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
+    """torch.isin(values, sorted_keys) for sorted keys, by binary search (about 2x faster here)."""
+    position = torch.searchsorted(sorted_keys, values).clamp_(max=sorted_keys.numel() - 1)
+    return sorted_keys[position] == values
+
+
 def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | None) -> torch.Tensor | None:
     """Sorted keys `request * num_nodes + node` of the trie nodes each request must not enter."""
     if not exclude or not any(exclude):
@@ -61,7 +67,7 @@ def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | Non
         if items
         for node in tables.dead_nodes(items)
     ]
-    return torch.tensor(sorted(keys), dtype=torch.long)
+    return torch.tensor(sorted(keys), dtype=torch.long) if keys else None
 
 
 def constrained_candidates(
@@ -168,7 +174,7 @@ def constrained_beam_search(
     edge_scores = log_probs[:, root_tokens]  # (R, E0): the dense first level
     if pruned is not None:
         keys = torch.arange(requests, device=device)[:, None] * num_nodes + root_children[None, :]
-        edge_scores = edge_scores.masked_fill(torch.isin(keys, pruned), float("-inf"))
+        edge_scores = edge_scores.masked_fill(_in_sorted(keys, pruned), float("-inf"))
     width = edge_scores.shape[1]
     if width < 2 * B:
         edge_scores = torch.cat([edge_scores, edge_scores.new_full((requests, 2 * B - width), float("-inf"))], 1)
@@ -231,7 +237,7 @@ def constrained_beam_search(
         banned = None
         if pruned is not None:
             request_keys = (active * num_nodes).repeat_interleave(B)[:, None]
-            banned = lambda children, keys=request_keys: torch.isin(keys + children, pruned)  # noqa: E731
+            banned = lambda children, keys=request_keys: _in_sorted(keys + children, pruned)  # noqa: E731
         top_scores, top_token, top_child, top_parent = constrained_candidates(
             tables, nodes, log_probs, running_scores, B, banned
         )
