@@ -38,16 +38,18 @@ def build_requests(recommender, split, users, max_history):
 @torch.inference_mode()
 def floor_decode(model, prompts, num_beams: int, steps: int) -> None:
     """The fast path's forward passes alone: encoder, the first step once per request, then
-    `steps - 1` decoder steps over all beams (genrec.t5_decoding), each with its log-softmax."""
+    `steps - 1` decoder steps over all beams (genrec.t5_decoding), each with its output head
+    and log-softmax normaliser over the whole vocabulary."""
     config = model.config
     ids, mask = pad_batch(prompts, config.pad_token_id)
     hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     decoder = BeamDecoder(model, hidden, mask)
-    torch.log_softmax(decoder.step(start_tokens(model, len(prompts), hidden.device)).float(), dim=-1)
+    state = decoder.step_hidden(start_tokens(model, len(prompts), hidden.device))
+    decoder.token_log_probs(state, torch.zeros((len(prompts), 1), dtype=torch.long))
     decoder.expand(num_beams)
     tokens = torch.full((len(prompts) * num_beams,), 5, dtype=torch.long)
     for _ in range(steps - 1):
-        torch.log_softmax(decoder.step(tokens).float(), dim=-1)
+        decoder.token_log_probs(decoder.step_hidden(tokens), tokens[:, None])
 
 
 def hf_floor_decode(model, prompts, num_beams: int, steps: int) -> None:

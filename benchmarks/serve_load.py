@@ -107,6 +107,8 @@ def main(argv=None) -> dict:
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--modes", default="on,off", help="micro-batching modes to run: on, off or on,off (default)")
+    p.add_argument("--max-batch", type=int, default=32, help="GENREC_MAX_BATCH_SIZE with batching on (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="GENREC_MAX_WAIT_MS with batching on (default 5)")
     p.add_argument(
         "--redis-url", default=None, help="default: redis://127.0.0.1:6379/15 if up, else embedded"
     )
@@ -127,8 +129,10 @@ def main(argv=None) -> dict:
     ]
     url = redis_url(args.redis_url)
     levels = [int(c) for c in args.concurrency.split(",")]
-    modes = {f"batching {m.strip()}": MODES[f"batching {m.strip()}"] for m in args.modes.split(",")
-             if f"batching {m.strip()}" in MODES}
+    settings = {**MODES, "batching on": {"GENREC_MAX_BATCH_SIZE": str(args.max_batch),
+                                         "GENREC_MAX_WAIT_MS": str(args.max_wait_ms)}}
+    modes = {f"batching {m.strip()}": settings[f"batching {m.strip()}"] for m in args.modes.split(",")
+             if f"batching {m.strip()}" in settings}
     if not modes:
         p.error(f"--modes {args.modes!r}: give on, off or on,off")
     results: dict[str, list[dict]] = {}
@@ -169,6 +173,7 @@ def main(argv=None) -> dict:
         rows,
     )
     result = {
+        "modes": modes,
         "requests_per_level": args.requests,
         "k": args.k,
         "redis": url or "embedded",

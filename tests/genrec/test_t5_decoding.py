@@ -85,3 +85,19 @@ def test_beam_decoder_refuses_rows_that_do_not_fit():
         decoder.expand(3)
     with pytest.raises(ValueError, match="rows for 1 requests"):
         decoder.select(torch.arange(6), torch.tensor([0]))
+
+
+@torch.inference_mode()
+def test_token_log_probs_are_the_log_softmax_entries_over_several_chunks():
+    model = make_model("relu", True, seed=1)
+    requests, beams = 5, 14  # 70 rows: more than two head chunks
+    ids = torch.randint(2, VOCAB, (requests, 6))
+    mask = torch.ones_like(ids)
+    hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    decoder = BeamDecoder(model, hidden, mask)
+    decoder.step(start_tokens(model, requests, "cpu"))
+    decoder.expand(beams)
+    state = decoder.step_hidden(torch.randint(2, VOCAB, (requests * beams,)))
+    tokens = torch.randint(0, VOCAB, (requests * beams, 7))
+    expected = torch.log_softmax(decoder.lm_head(state), dim=-1).gather(1, tokens)
+    torch.testing.assert_close(decoder.token_log_probs(state, tokens), expected, atol=1e-5, rtol=0)
