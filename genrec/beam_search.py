@@ -60,14 +60,8 @@ def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | Non
     """Sorted keys `request * num_nodes + node` of the trie nodes each request must not enter."""
     if not exclude or not any(exclude):
         return None
-    num_nodes = tables.num_nodes
-    keys = [
-        request * num_nodes + node
-        for request, items in enumerate(exclude)
-        if items
-        for node in tables.dead_nodes(items)
-    ]
-    return torch.tensor(sorted(keys), dtype=torch.long) if keys else None
+    keys = tables.dead_node_keys([items or [] for items in exclude])
+    return torch.from_numpy(keys) if keys.size else None
 
 
 def constrained_candidates(

@@ -300,25 +300,38 @@ class TrieTables:
 
     def dead_nodes(self, items: "Sequence[int]") -> list[int]:
         """Nodes all of whose items are in `items`: excluding those items must prune them whole,
-        so no beam walks into a prefix that can no longer end in a valid ID.
+        so no beam walks into a prefix that can no longer end in a valid ID."""
+        return self.dead_node_keys([items]).tolist()
 
-        Bottom-up with array operations: the excluded items' leaves are dead; a node is dead
-        once as many of its children are dead as it has children."""
-        leaves = np.unique(self.leaves_of_items(np.asarray(list(items), dtype=np.int64)))
-        frontier = leaves[leaves > 0]
+    def dead_node_keys(self, items_per_request: "Sequence[Sequence[int]]") -> np.ndarray:
+        """`dead_nodes` of every request at once, as sorted keys `request * num_nodes + node`.
+
+        Bottom-up with array operations over all requests together: the excluded items' leaves
+        are dead; a node is dead once as many of its children are dead as it has children
+        (children die at different rounds when IDs have different lengths, so partial counts
+        carry over between rounds)."""
+        num_nodes = self.num_nodes
+        requests = np.repeat(np.arange(len(items_per_request), dtype=np.int64),
+                             [len(items) for items in items_per_request])
+        items = np.fromiter((i for group in items_per_request for i in group), dtype=np.int64, count=requests.size)
+        leaves = self.leaves_of_items(items)
+        frontier = np.unique(requests[leaves > 0] * num_nodes + leaves[leaves > 0])
         dead = [frontier]
-        dead_children: dict[int, int] = {}
+        pending_keys = np.empty(0, dtype=np.int64)  # parents with some, not all, children dead
+        pending_counts = np.empty(0, dtype=np.int64)
         while frontier.size:
-            parents, counts = np.unique(self._parents(frontier), return_counts=True)
+            request, node = np.divmod(frontier, num_nodes)
+            parents = self._parents(node)
             keep = parents > 0
-            parents, counts = parents[keep], counts[keep]
-            total = np.array([dead_children.get(int(n), 0) for n in parents], dtype=np.int64) + counts
-            full = total == self._num_children(parents)
-            for node, value in zip(parents[~full].tolist(), total[~full].tolist(), strict=True):
-                dead_children[node] = value
-            frontier = parents[full]
+            keys = np.concatenate([pending_keys, request[keep] * num_nodes + parents[keep]])
+            weights = np.concatenate([pending_counts, np.ones(int(keep.sum()), dtype=np.int64)])
+            keys, inverse = np.unique(keys, return_inverse=True)
+            totals = np.bincount(inverse, weights=weights, minlength=keys.size).astype(np.int64)
+            full = totals == self._num_children(keys % num_nodes)
+            pending_keys, pending_counts = keys[~full], totals[~full]
+            frontier = keys[full]
             dead.append(frontier)
-        return np.concatenate(dead).tolist()
+        return np.sort(np.concatenate(dead))
 
     def _parents(self, nodes: np.ndarray) -> np.ndarray:
         nb = self.num_base_nodes

@@ -331,3 +331,33 @@ def test_vectorised_build_on_a_larger_catalog():
     tables = build_tables(sequences, range(len(sequences)))
     assert_tables_match(tables, dict_trie(sequences))
     assert tables.root_tokens.tolist() == tables.allowed(0)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dead_node_keys_of_many_requests_match_each_request_alone(seed):
+    """The batched pruning (all requests' exclusions in one pass, overlay items included) gives
+    every request exactly the dead nodes of a prefix-by-prefix reference."""
+    rng = random.Random(seed)
+    sequences = random_sequences(rng, 60, range(3, 9))
+    base, extra = sequences[:45], sequences[45:]
+    trie = TextualIdTrie([str(i) for i in range(45)], base, EOS)
+    for offset, seq in enumerate(extra):
+        trie.add(str(45 + offset), seq)  # minted items live in the overlay
+    tables = trie.tables()
+    exclusions = [rng.sample(range(60), rng.randint(0, 40)) for _ in range(6)] + [[]]
+
+    def reference(excluded):
+        dead = set()
+        for seq in sequences:
+            for cut in range(1, len(seq) + 1):
+                prefix = seq[:cut]
+                under = [i for i, s in enumerate(sequences) if s[:cut] == prefix]
+                if set(under) <= set(excluded):
+                    dead.add(_node_of(trie, prefix))
+        return dead
+
+    keys = tables.dead_node_keys(exclusions)
+    assert list(keys) == sorted(keys)
+    for request, excluded in enumerate(exclusions):
+        mine = {int(k) % tables.num_nodes for k in keys if k // tables.num_nodes == request}
+        assert mine == reference(excluded) == set(tables.dead_nodes(excluded))
