@@ -144,6 +144,7 @@ class ServiceState:
                 self.executor,
                 max_batch=s.max_batch_size,
                 max_wait_ms=s.max_wait_ms,
+                adaptive_wait=s.adaptive_wait,
                 on_batch=lambda n: self.metrics.batch_size.labels(kind="recommend").observe(n),
             )
             self.mint_batcher = MicroBatcher(
@@ -152,6 +153,7 @@ class ServiceState:
                 self.executor,
                 max_batch=s.max_batch_size,
                 max_wait_ms=s.max_wait_ms,
+                adaptive_wait=s.adaptive_wait,
                 on_batch=lambda n: self.metrics.batch_size.labels(kind="mint").observe(n),
                 discard=self._discard_mint,
             )

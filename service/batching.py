@@ -39,6 +39,11 @@ class MicroBatcher(Generic[Req, Res]):
     `handle(requests)` runs on `executor` and returns one result per request, in order; a
     result that is an Exception instance is raised to that request's caller only.
     `discard(request, result)` runs (on the loop) for results nobody waits for any more.
+
+    With `adaptive_wait`, a request that finds the queue empty waits `max_wait_ms` for company
+    only when the previous batch had company: a lone client (concurrency 1) pays no wait,
+    while under concurrent load batches still fill up (the first batch of a burst goes alone,
+    and the requests that queue behind it make the next ones bigger).
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class MicroBatcher(Generic[Req, Res]):
         *,
         max_batch: int = 32,
         max_wait_ms: float = 5.0,
+        adaptive_wait: bool = True,
         on_batch: Callable[[int], None] | None = None,
         discard: Callable[[Req, Res], None] | None = None,
     ):
@@ -57,6 +63,8 @@ class MicroBatcher(Generic[Req, Res]):
         self.executor = executor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.adaptive_wait = adaptive_wait
+        self._last_batch_size = 1  # a service starts idle: its first request goes at once
         self.on_batch = on_batch
         self.discard = discard
         self._queue: asyncio.Queue[_Job[Req]] = asyncio.Queue()
@@ -101,7 +109,8 @@ class MicroBatcher(Generic[Req, Res]):
             return [], True
         batch = [first]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
+        alone = self.adaptive_wait and self._last_batch_size <= 1
+        deadline = loop.time() + (0.0 if alone else self.max_wait_s)
         stopping = False
         while len(batch) < self.max_batch:
             if not self._queue.empty():
@@ -127,6 +136,7 @@ class MicroBatcher(Generic[Req, Res]):
             batch, stopping = await self._gather()
             if not batch:
                 continue
+            self._last_batch_size = len(batch)
             if self.on_batch is not None:
                 self.on_batch(len(batch))
             requests = [job.request for job in batch]

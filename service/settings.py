@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Micro-batching and inference.
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    adaptive_wait: bool = Field(
+        True, description="wait max_wait_ms for more requests only when the previous batch had more than one"
+    )
     torch_threads: int | None = Field(None, ge=1, le=256)
     trie_fold_threshold: int = Field(1000, ge=1, description="overlay size at which the trie is rebuilt")
 

@@ -231,6 +231,35 @@ async def test_batcher_gathers_and_answers_each_request():
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_batcher_waits_for_company_only_after_a_batch_that_had_some(adaptive):
+    """adaptive_wait: a lone request (previous batch of one) is not held for max_wait_ms; once
+    a batch had several requests, the next one waits and gathers the stragglers."""
+    seen: list[list[int]] = []
+    loop = asyncio.get_running_loop()
+
+    def handle(requests):
+        seen.append(list(requests))
+        return requests
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher("test", handle, executor, max_batch=8, max_wait_ms=1500, adaptive_wait=adaptive)
+        batcher.start()
+        start = loop.time()
+        assert await batcher.submit(1) == 1
+        lone = loop.time() - start
+        assert (lone < 1.0) if adaptive else (lone >= 1.4)  # not held for the 1.5 s window
+        # Two at once (queued together): one batch, with company.
+        assert await asyncio.gather(batcher.submit(2), batcher.submit(3)) == [2, 3]
+        # After a batch with company, a request waits for the next one arriving 0.3 s later.
+        first = asyncio.ensure_future(batcher.submit(4))
+        await asyncio.sleep(0.3)
+        assert await asyncio.gather(first, batcher.submit(5)) == [4, 5]
+        await batcher.stop()
+    assert seen == [[1], [2, 3], [4, 5]]
+
+
+@pytest.mark.anyio
 async def test_batcher_stop_finishes_the_running_batch():
     started = threading.Event()
     release = threading.Event()
