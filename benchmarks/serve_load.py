@@ -84,6 +84,37 @@ async def drive(url: str, bodies: list[dict], concurrency: int) -> dict:
     }
 
 
+def request_bodies(bundle_path: Path, count: int, k: int, seed: int = 0) -> list[dict]:
+    """`count` recommendation requests: test histories of random users of the bundle's split."""
+    bundle = load_bundle(bundle_path, load_models=False)
+    split = load_split(bundle).split
+    max_history = int(bundle.config.get("data", {}).get("max_history", 20))
+    rng = random.Random(seed)
+    return [
+        {"history": split.history(rng.choice(split.users), "test", max_history), "k": k, "exclude_history": True}
+        for _ in range(count)
+    ]
+
+
+def run_levels(bundle_path: Path, env: dict[str, str], bodies: list[dict], levels: list[int],
+               url: str | None) -> list[dict]:
+    """One service (uvicorn subprocess, its own Redis namespace, cleaned up afterwards), warmed
+    up, then driven with `bodies` at each concurrency level in turn."""
+    with tempfile.TemporaryDirectory(prefix="genrec-serve-load-") as tmp:
+        catalog = f"bench-{uuid.uuid4().hex[:12]}"
+        env = {**env, "GENREC_CATALOG": catalog, "GENREC_DATA_DIR": str(Path(tmp) / "redis")}
+        if url:
+            env["REDIS_URL"] = url
+        server = Server(bundle_path, env, Path(tmp) / f"server-{catalog}.log")
+        try:
+            server.wait_ready()
+            asyncio.run(drive(server.url, bodies[: min(16, len(bodies))], 4))  # warm-up
+            return [asyncio.run(drive(server.url, bodies, c)) for c in levels]
+        finally:
+            server.stop()
+            clean_keys(url, catalog)
+
+
 def server_stats(url: str) -> dict[str, float]:
     """Totals from the service's Prometheus text: recommend batches, the requests in them and
     the seconds spent decoding them."""
@@ -114,19 +145,7 @@ def main(argv=None) -> dict:
     )
     args = p.parse_args(argv)
     setup(args)
-    bundle = load_bundle(args.bundle, load_models=False)
-    split = load_split(bundle).split
-    max_history = int(bundle.config.get("data", {}).get("max_history", 20))
-    rng = random.Random(0)
-    users = split.users
-    bodies = [
-        {
-            "history": split.history(rng.choice(users), "test", max_history),
-            "k": args.k,
-            "exclude_history": True,
-        }
-        for _ in range(args.requests)
-    ]
+    bodies = request_bodies(args.bundle, args.requests, args.k)
     url = redis_url(args.redis_url)
     levels = [int(c) for c in args.concurrency.split(",")]
     settings = {**MODES, "batching on": {"GENREC_MAX_BATCH_SIZE": str(args.max_batch),
@@ -136,21 +155,9 @@ def main(argv=None) -> dict:
     if not modes:
         p.error(f"--modes {args.modes!r}: give on, off or on,off")
     results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="genrec-serve-load-") as tmp:
-        for mode, env in modes.items():
-            catalog = f"bench-{uuid.uuid4().hex[:12]}"
-            env = {**env, "GENREC_CATALOG": catalog, "GENREC_DATA_DIR": str(Path(tmp) / "redis")}
-            if url:
-                env["REDIS_URL"] = url
-            server = Server(args.bundle, env, Path(tmp) / f"server-{catalog}.log")
-            try:
-                server.wait_ready()
-                asyncio.run(drive(server.url, bodies[: min(16, len(bodies))], 4))  # warm-up
-                results[mode] = [asyncio.run(drive(server.url, bodies, c)) for c in levels]
-            finally:
-                server.stop()
-                clean_keys(url, catalog)
-            print(f"{mode} done", flush=True)
+    for mode, env in modes.items():
+        results[mode] = run_levels(args.bundle, env, bodies, levels, url)
+        print(f"{mode} done", flush=True)
     rows = []
     for mode, runs in results.items():
         for r in runs:

@@ -103,8 +103,8 @@ class BeamDecoder:
         out = hidden.new_empty(tokens.shape, dtype=torch.float32)
         for start in range(0, hidden.shape[0], HEAD_CHUNK_ROWS):
             rows = slice(start, start + HEAD_CHUNK_ROWS)
-            logits = self.lm_head(hidden[rows]).float()
-            out[rows] = logits.gather(1, tokens[rows]) - torch.logsumexp(logits, dim=-1, keepdim=True)
+            # log_softmax, as the reference path's beam search computes it (the same rounding)
+            out[rows] = torch.log_softmax(self.lm_head(hidden[rows]).float(), dim=-1).gather(1, tokens[rows])
         return out
 
     def step_hidden(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -51,3 +51,34 @@ def test_raw_client_and_drive_against_the_service(server):
     assert server_stats(server.url)["batched_requests"] - before["batched_requests"] == 24
     assert 24 / 8 <= 24 / result["mean_batch"] <= 24
     assert result["mean_decode_ms"] > 0
+
+
+def test_methods_table_rows_from_eval_files(tmp_path):
+    from benchmarks.methods import quality_rows, read_eval
+
+    loo = {"hr@5": 0.05, "hr@10": 0.1, "ndcg@5": 0.03, "ndcg@10": 0.05}
+    popularity = {"valid": dict(loo, **{"ndcg@10": 0.03}), "test": dict(loo, **{"ndcg@10": 0.04})}
+    idgenrec = {"test": loo, "valid": loo, "baselines": {"popularity": popularity}, "timings_s": {"total": 60.0}}
+    cllm4rec = {"test": dict(loo, **{"ndcg@10": 0.06}), "valid": loo, "baselines": {"popularity": popularity},
+                "timings_s": {"total": 30.0},
+                "cllm4rec_protocol": {"recall@20": 0.3, "recall@40": 0.4, "ndcg@100": 0.45,
+                                      "popularity": {"recall@20": 0.2, "recall@40": 0.25, "ndcg@100": 0.3}}}
+    rows = quality_rows({"IDGenRec": idgenrec, "CLLM4Rec": cllm4rec})
+    assert [r["method"] for r in rows] == ["IDGenRec", "CLLM4Rec", "popularity"]
+    assert rows[1]["test"]["ndcg@10"] == 0.06 and rows[2]["test"]["ndcg@10"] == 0.04
+    assert rows[0]["protocol"] is None and rows[1]["protocol"]["recall@20"] == 0.3
+    assert rows[2]["protocol"]["recall@20"] == 0.2 and rows[2]["train_s"] is None
+    with pytest.raises(SystemExit, match="train the bundle first"):
+        read_eval(tmp_path / "missing")
+
+
+def test_decode_benchmark_tie_rule():
+    from benchmarks.decode import same_up_to_ties
+    from genrec.beam_search import ScoredItem
+
+    ref = [ScoredItem(1, -1.0), ScoredItem(2, -2.0), ScoredItem(3, -2.000001), ScoredItem(4, -3.0)]
+    swapped_tie = [ref[0], ref[2], ref[1], ref[3]]
+    swapped_real = [ref[1], ref[0], ref[2], ref[3]]
+    assert same_up_to_ties(ref, ref) and same_up_to_ties(swapped_tie, ref)
+    assert not same_up_to_ties(swapped_real, ref)
+    assert not same_up_to_ties([ref[0], ref[1], ref[2], ScoredItem(9, -3.0)], ref)
