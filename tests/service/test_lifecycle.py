@@ -187,7 +187,7 @@ async def test_not_ready_until_the_bundle_and_trie_are_loaded(make_settings, mon
 
 @pytest.mark.anyio
 async def test_shutdown_finishes_the_queued_batches(make_settings, redis_url, catalog_name):
-    app = create_app(make_settings(max_wait_ms=1000))  # requests sit in the batchers' queues
+    app = create_app(make_settings(max_wait_ms=1000, adaptive_wait=False))  # requests sit in the batchers' queues
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://genrec.test") as client:
         async with app.router.lifespan_context(app):

@@ -125,9 +125,10 @@ async def test_restart_keeps_minted_items(make_settings):
 
 
 async def test_failed_commit_leaves_nothing_half_written(make_settings, redis_url, catalog_name, monkeypatch):
-    # A long batching window, so the three concurrent mints below share one minting batch
-    # (the first claim succeeds, the second fails: the batch must give the first one back).
-    async with serve(make_settings(max_wait_ms=300)) as (app, client):
+    # A long batching window, always waited (no adaptive wait), so the three concurrent mints
+    # below share one minting batch (the first claim succeeds, the second fails: the batch must
+    # give the first one back).
+    async with serve(make_settings(max_wait_ms=300, adaptive_wait=False)) as (app, client):
         before = _keys(redis_url, catalog_name, "tid")
 
         async def broken_execute(self, *args, **kwargs):
