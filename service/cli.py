@@ -14,7 +14,7 @@ import sys
 
 from pydantic import ValidationError
 
-from genrec.bundle import read_manifest, verify_bundle
+from genrec.bundle import KINDS, read_manifest, verify_bundle
 from genrec.errors import BundleError
 
 
@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = verify_bundle(settings.bundle) if settings.verify_bundle else read_manifest(settings.bundle)
-        if manifest.get("kind") != "idgenrec":
-            raise BundleError(f"the service serves idgenrec bundles; {settings.bundle} is {manifest.get('kind')!r}")
+        if manifest.get("kind") not in KINDS:
+            raise BundleError(f"the service serves {' and '.join(KINDS)} bundles; {settings.bundle} is "
+                              f"{manifest.get('kind')!r}")
     except BundleError as exc:
         print(f"genrec-serve: bad bundle: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import signal
+
+import httpx
 import pytest
 import torch
 
@@ -17,11 +20,13 @@ from genrec.cllm4rec import (
 )
 from genrec.item_text import flatten_item_text
 from genrec.modeling import build_t5
+from service.embedded_redis import free_port
 from service.engine import flatten_metadata
 from training.config import preset
 from training.tokenizer_training import train_tokenizer
 
 from .conftest import EXTRA_TEXT, N_ITEMS, TINY, catalog_metadata, serve
+from .test_lifecycle import cli_env, cli_process, wait_until_ready
 
 USERS = [f"u{i}" for i in range(6)]
 
@@ -113,3 +118,21 @@ async def test_cllm4rec_bundle_is_served(make_settings, cllm_bundle_path):
         assert response.status_code == 200
         returned = {i["item_id"] for i in response.json()["items"]}
         assert "new-1" not in returned and "new-2" not in returned and "m3" not in returned
+
+
+def test_the_real_cli_serves_a_cllm4rec_bundle(cllm_bundle_path, redis_url, catalog_name, tmp_path):
+    """`genrec-serve` (the CLI under uvicorn, as `make serve` and Docker run it) starts on a
+    cllm4rec bundle and answers recommendations and mints through HTTP."""
+    port, log = free_port(), tmp_path / "service.log"
+    base_url = f"http://127.0.0.1:{port}"
+    with cli_process(cllm_bundle_path, port, cli_env(redis_url, catalog_name), log) as process:
+        wait_until_ready(process, base_url, log)
+        with httpx.Client(base_url=base_url, timeout=20.0) as client:
+            found = client.post("/v1/recommendations", json={"history": ["m1", "m2"], "k": 3})
+            assert found.status_code == 200, found.text
+            assert len(found.json()["items"]) == 3
+            assert not {"m1", "m2"} & {item["item_id"] for item in found.json()["items"]}
+            created = client.post("/v1/items", json={"item_id": "fresh", "metadata": {"title": "Brand New Film"}})
+            assert created.status_code == 201 and created.json()["recommendable"] is False
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, log.read_text()
