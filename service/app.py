@@ -8,6 +8,7 @@ then follow the stream. Nothing heavy happens at import.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -160,6 +161,11 @@ class ServiceState:
             self.recommend_batcher.start()
             self.mint_batcher.start()
             self._after_add(followed=False, count=False)
+            # The bundle, catalog and trie are long-lived: moved out of the garbage collector's
+            # generations, full collections stop walking them (they paused requests for up to
+            # hundreds of ms under load).
+            gc.collect()
+            gc.freeze()
             self.ready = True
             log.info(
                 "serving %s bundle %s: %d items (%d minted), catalog %r, seeding %s",
