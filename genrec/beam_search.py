@@ -192,16 +192,20 @@ def constrained_beam_search(
         A = active.shape[0]
         is_eos = (top_token == eos) & torch.isfinite(top_scores)
         # Finished: EOS among the first `num_beams` ranks (every active request can still improve).
-        eligible = is_eos.clone()
-        eligible[:, B:] = False
-        new_scores = torch.where(eligible, top_scores, torch.full_like(top_scores, 2 * _NEG))
-        new_items = torch.where(eligible, tables.items_at(top_child.clamp(min=0)), torch.full_like(top_child, -1))
-        merged_scores = torch.cat([finished_scores[active], new_scores], dim=1)
-        merged_items = torch.cat([finished_items[active], new_items], dim=1)
-        best = torch.topk(merged_scores, B, dim=1).indices
-        done_scores = merged_scores.gather(1, best)
-        finished_scores[active] = done_scores
-        finished_items[active] = merged_items.gather(1, best)
+        eligible = is_eos[:, :B]
+        if bool(eligible.any()):  # else nothing finishes this step (early steps, short of any ID)
+            new_scores = torch.where(eligible, top_scores[:, :B], torch.full_like(top_scores[:, :B], 2 * _NEG))
+            new_items = torch.where(
+                eligible, tables.items_at(top_child[:, :B].clamp(min=0)), torch.full_like(top_child[:, :B], -1)
+            )
+            merged_scores = torch.cat([finished_scores[active], new_scores], dim=1)
+            merged_items = torch.cat([finished_items[active], new_items], dim=1)
+            best = torch.topk(merged_scores, B, dim=1).indices
+            done_scores = merged_scores.gather(1, best)
+            finished_scores[active] = done_scores
+            finished_items[active] = merged_items.gather(1, best)
+        else:
+            done_scores = finished_scores[active]
 
         # Running: the best `num_beams` continuations that did not end.
         running_candidates = top_scores + is_eos.float() * _NEG
