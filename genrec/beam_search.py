@@ -94,13 +94,15 @@ def constrained_candidates(
         pad = scores.new_full((requests, k - beams * width), float("-inf"))
         scores = torch.cat([scores, pad], 1)
     top_scores, top = torch.topk(scores, k, dim=1)
-    inside = top < beams * width
-    safe = torch.where(inside, top, torch.zeros_like(top))
-    ok = inside & valid.view(requests, -1).gather(1, safe) if width else inside & False
-    minus = torch.full_like(top, -1)
-    top_token = torch.where(ok, tokens.view(requests, -1).gather(1, safe), minus) if width else minus
-    top_child = torch.where(ok, children.view(requests, -1).gather(1, safe), minus) if width else minus
-    top_parent = torch.where(ok, safe // max(width, 1), torch.zeros_like(top))
+    if width == 0:
+        minus = torch.full_like(top, -1)
+        return top_scores, minus, minus.clone(), torch.zeros_like(top)
+    # Every candidate that is padding or a masked edge scored -inf, so -inf marks them all.
+    safe = top.clamp_(max=beams * width - 1)
+    missing = top_scores == float("-inf")
+    top_token = tokens.view(requests, -1).gather(1, safe).masked_fill_(missing, -1)
+    top_child = children.view(requests, -1).gather(1, safe).masked_fill_(missing, -1)
+    top_parent = safe.div_(width, rounding_mode="floor")  # always a real beam, dead or not
     return top_scores, top_token, top_child, top_parent
 
 
@@ -187,6 +189,7 @@ def constrained_beam_search(
 
     decoder.expand(B)
     running_scores = nodes = None
+    any_finished = False  # whether any request has a finished hypothesis yet
     step = 0
     while True:
         A = active.shape[0]
@@ -194,6 +197,7 @@ def constrained_beam_search(
         # Finished: EOS among the first `num_beams` ranks (every active request can still improve).
         eligible = is_eos[:, :B]
         if bool(eligible.any()):  # else nothing finishes this step (early steps, short of any ID)
+            any_finished = True
             new_scores = torch.where(eligible, top_scores[:, :B], torch.full_like(top_scores[:, :B], 2 * _NEG))
             new_items = torch.where(
                 eligible, tables.items_at(top_child[:, :B].clamp(min=0)), torch.full_like(top_child[:, :B], -1)
@@ -205,7 +209,7 @@ def constrained_beam_search(
             finished_scores[active] = done_scores
             finished_items[active] = merged_items.gather(1, best)
         else:
-            done_scores = finished_scores[active]
+            done_scores = None
 
         # Running: the best `num_beams` continuations that did not end.
         running_candidates = top_scores + is_eos.float() * _NEG
@@ -216,11 +220,18 @@ def constrained_beam_search(
         nodes = top_child.gather(1, keep).reshape(-1)
         nodes = torch.where(torch.isfinite(running_scores.reshape(-1)), nodes, torch.full_like(nodes, -1))
 
-        worst_finished = torch.where(done_scores > _VALID, done_scores, torch.full_like(done_scores, 2 * _NEG))
-        worst_finished = worst_finished.min(dim=1).values
-        still = running_scores[:, 0] > worst_finished  # (A,)
         step += 1
-        if step >= tables.max_depth or not bool(still.any()):
+        if step >= tables.max_depth:
+            break
+        # A request is done once its best running beam cannot beat its worst finished hypothesis.
+        worst_finished = 2 * _NEG  # (nothing finished yet anywhere: only dead requests are done)
+        if any_finished:
+            if done_scores is None:  # nothing new finished this step
+                done_scores = finished_scores[active]
+            worst_finished = torch.where(done_scores > _VALID, done_scores, torch.full_like(done_scores, 2 * _NEG))
+            worst_finished = worst_finished.min(dim=1).values
+        still = running_scores[:, 0] > worst_finished  # (A,)
+        if not bool(still.any()):
             break
         # Self-attention cache follows the chosen beams; finished requests leave the batch.
         beam_index = (chosen_parent + torch.arange(A, device=device)[:, None] * B).reshape(-1)
