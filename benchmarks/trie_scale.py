@@ -1,7 +1,8 @@
 """Trie tables at scale: synthetic catalogs of 1k .. 1M IDs (random sequences of 2-8 tokens over
 a 32k vocabulary, + EOS): build time, bytes per ID (table tensors + marisa), and the time of
 one masking step for 32 requests x 10 beams (expand the beams' nodes, read the allowed
-tokens' log-probs, segmented top-2k per request), at the root and one level down."""
+tokens' log-probs, segmented top-2k per request), at the root and one level down. All sizes
+are built first and their steps timed in rotation, best of `--repeat`."""
 
 from __future__ import annotations
 
@@ -65,18 +66,30 @@ def narrow_nodes(tables, count: int) -> torch.Tensor:
     return candidates[torch.randint(0, candidates.numel(), (count,))]
 
 
-def best_time(fn, repeat: int) -> float:
-    fn()
-    times = []
+def interleaved_best_times(
+    cases: dict[tuple[int, str], object], repeat: int
+) -> tuple[dict[tuple[int, str], float], dict[tuple[int, str], float]]:
+    """Best-of-`repeat` times of every case, taken in rotation (rep 1 of every case, then rep 2,
+    ...) so that the machine's drift over the run hits every catalog size alike. Each turn runs
+    a case twice: the first run finds the caches holding the previous case's data ("cold", as
+    a decode step finds them after the model's forward pass), the second its own ("warm").
+    Returns (warm, cold)."""
+    for fn in cases.values():
+        fn()  # warm-up: first calls allocate
+    warm = dict.fromkeys(cases, float("inf"))
+    cold = dict.fromkeys(cases, float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for key, fn in cases.items():
+            for best in (cold, warm):
+                start = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - start)
+    return warm, cold
 
 
-def measure(size: int, logits, log_probs, running, requests: int, beams: int, repeat: int) -> dict:
-    """One catalog size's row."""
+def prepare(size: int, requests: int, beams: int) -> dict:
+    """One catalog size: its trie and tables (timed), the beams' node sets, and the same tables
+    with one minted item in the overlay."""
     sequences = synthetic_ids(size)
     start = time.perf_counter()
     trie = TextualIdTrie([str(i) for i in range(size)], sequences, EOS)
@@ -84,43 +97,59 @@ def measure(size: int, logits, log_probs, running, requests: int, beams: int, re
     start = time.perf_counter()
     tables = trie.tables()
     tables_s = time.perf_counter() - start
-    table_bytes = tables.nbytes()
-    marisa_bytes = trie.marisa_bytes
     # Beams at depth-1 nodes (the widest level below the root) and at random deeper nodes.
     rng = random.Random(0)
     depth1 = tables.root_children[torch.randint(0, tables.root_children.numel(), (requests * beams,))]
     deep = torch.tensor([rng.randrange(1, tables.num_nodes) for _ in range(requests * beams)])
     narrow = narrow_nodes(tables, requests * beams)
-    step_root = best_time(lambda: root_step(tables, log_probs[::beams], beams), repeat)
-    step_d1 = best_time(lambda: masking_step(tables, depth1, log_probs, running, beams), repeat)
-    step_dense = best_time(lambda: dense_step(tables, depth1, log_probs, running, beams), repeat)
-    step_logits = best_time(
-        lambda: masking_step(tables, depth1, torch.log_softmax(logits, dim=-1), running, beams), repeat
-    )
-    step_deep = best_time(lambda: masking_step(tables, deep, log_probs, running, beams), repeat)
-    step_narrow = best_time(lambda: masking_step(tables, narrow, log_probs, running, beams), repeat)
-    edges_d1 = int(tables.expand(depth1)[0].numel())
-    edges_narrow = int(tables.expand(narrow)[0].numel())
-    # The same step with one minted item in the overlay (incremental tables, no rebuild).
+    # One minted item in the overlay (incremental tables, no rebuild).
     start = time.perf_counter()
     trie.add("minted", sequences[0][:-1] + (7, EOS))
     overlaid = trie.tables()
     add_s = time.perf_counter() - start
-    step_overlay = best_time(lambda: masking_step(overlaid, depth1, log_probs, running, beams), repeat)
-    row = {
+    return {
+        "size": size, "tables": tables, "overlaid": overlaid, "depth1": depth1, "deep": deep,
+        "narrow": narrow, "marisa_s": marisa_s, "tables_s": tables_s, "add_s": add_s,
+        "marisa_bytes": trie.marisa_bytes,
+    }
+
+
+def step_cases(prepared: dict, logits, log_probs, running, beams: int) -> dict:
+    """The masking steps timed at one catalog size, by name."""
+    tables, depth1 = prepared["tables"], prepared["depth1"]
+    return {
+        "root": lambda: root_step(tables, log_probs[::beams], beams),
+        "depth1": lambda: masking_step(tables, depth1, log_probs, running, beams),
+        "dense": lambda: dense_step(tables, depth1, log_probs, running, beams),
+        "logits": lambda: masking_step(tables, depth1, torch.log_softmax(logits, dim=-1), running, beams),
+        "deep": lambda: masking_step(tables, prepared["deep"], log_probs, running, beams),
+        "narrow": lambda: masking_step(tables, prepared["narrow"], log_probs, running, beams),
+        "overlay": lambda: masking_step(prepared["overlaid"], depth1, log_probs, running, beams),
+    }
+
+
+def size_row(prepared: dict, best: dict[str, float], cold: dict[str, float]) -> dict:
+    """One catalog size's row of the table."""
+    tables, size = prepared["tables"], prepared["size"]
+    table_bytes, marisa_bytes = tables.nbytes(), prepared["marisa_bytes"]
+    edges_d1 = int(tables.expand(prepared["depth1"])[0].numel())
+    edges_narrow = int(tables.expand(prepared["narrow"])[0].numel())
+    step_d1, step_narrow = best["depth1"], best["narrow"]
+    return {
         "ids": size,
         "nodes": tables.num_nodes,
-        "build_marisa_s": marisa_s,
-        "build_tables_s": tables_s,
+        "build_marisa_s": prepared["marisa_s"],
+        "build_tables_s": prepared["tables_s"],
         "table_bytes": table_bytes,
         "marisa_bytes": marisa_bytes,
         "bytes_per_id": (table_bytes + marisa_bytes) / size,
-        "step_root_ms": 1000 * step_root,
+        "step_root_ms": 1000 * best["root"],
         "step_depth1_ms": 1000 * step_d1,
-        "step_random_node_ms": 1000 * step_deep,
-        "step_depth1_from_logits_ms": 1000 * step_logits,
-        "step_depth1_dense_mask_ms": 1000 * step_dense,
-        "step_depth1_overlay_ms": 1000 * step_overlay,
+        "step_depth1_cold_ms": 1000 * cold["depth1"],
+        "step_random_node_ms": 1000 * best["deep"],
+        "step_depth1_from_logits_ms": 1000 * best["logits"],
+        "step_depth1_dense_mask_ms": 1000 * best["dense"],
+        "step_depth1_overlay_ms": 1000 * best["overlay"],
         "step_narrow_ms": 1000 * step_narrow,
         "edges_depth1": edges_d1,
         # What the depth-1 step costs beyond a step over one-edge nodes, per extra edge read
@@ -131,9 +160,8 @@ def measure(size: int, logits, log_probs, running, requests: int, beams: int, re
             if edges_d1 - edges_narrow >= 500
             else None
         ),
-        "add_one_item_ms": 1000 * add_s,
+        "add_one_item_ms": 1000 * prepared["add_s"],
     }
-    return row
 
 
 def main(argv=None) -> dict:
@@ -149,13 +177,29 @@ def main(argv=None) -> dict:
     logits = torch.randn(requests * beams, VOCAB)
     log_probs = torch.log_softmax(logits, dim=-1)
     running = torch.zeros(requests, beams)
-    rows = []
+    prepared = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        rows.append(measure(size, logits, log_probs, running, requests, beams, args.repeat))
-        print(f"{size} IDs done", flush=True)
+        prepared.append(prepare(size, requests, beams))
+        print(f"{size} IDs built", flush=True)
+    cases = {
+        (index, name): fn
+        for index, one in enumerate(prepared)
+        for name, fn in step_cases(one, logits, log_probs, running, beams).items()
+    }
+    print(f"timing {len(cases)} steps x {args.repeat}, in rotation", flush=True)
+    warm, cold = interleaved_best_times(cases, args.repeat)
+    rows = [
+        size_row(
+            one,
+            {name: t for (index, name), t in warm.items() if index == i},
+            {name: t for (index, name), t in cold.items() if index == i},
+        )
+        for i, one in enumerate(prepared)
+    ]
     base = rows[0]
     for row in rows:
         row["step_depth1_vs_smallest"] = row["step_depth1_ms"] / base["step_depth1_ms"]
+        row["step_depth1_cold_vs_smallest"] = row["step_depth1_cold_ms"] / base["step_depth1_cold_ms"]
         row["step_narrow_vs_smallest"] = row["step_narrow_ms"] / base["step_narrow_ms"]
         row["step_root_vs_smallest"] = row["step_root_ms"] / base["step_root_ms"]
         row["step_from_logits_vs_smallest"] = (
@@ -171,6 +215,7 @@ def main(argv=None) -> dict:
         "target_step_ratio": 1.5,
         "target_bytes_per_id": 100,
         "step_ratio_largest": largest["step_depth1_vs_smallest"],
+        "step_cold_ratio_largest": largest["step_depth1_cold_vs_smallest"],
         "bytes_per_id_largest": largest["bytes_per_id"],
         "step_from_logits_ratio_largest": largest["step_from_logits_vs_smallest"],
         "step_narrow_ratio_largest": largest["step_narrow_vs_smallest"],
@@ -188,6 +233,7 @@ def main(argv=None) -> dict:
             "B/ID",
             "root ms",
             "depth-1 ms",
+            "d1 cold ms",
             "random ms",
             "+overlay ms",
             "d1+softmax ms",
@@ -197,6 +243,7 @@ def main(argv=None) -> dict:
             "ns/extra edge",
             "add ms",
             "d1 / 1st",
+            "d1 cold / 1st",
             "d1+sm / 1st",
         ],
         [
@@ -208,6 +255,7 @@ def main(argv=None) -> dict:
                 r["bytes_per_id"],
                 r["step_root_ms"],
                 r["step_depth1_ms"],
+                r["step_depth1_cold_ms"],
                 r["step_random_node_ms"],
                 r["step_depth1_overlay_ms"],
                 r["step_depth1_from_logits_ms"],
@@ -217,6 +265,7 @@ def main(argv=None) -> dict:
                 r["depth1_ns_per_extra_edge"],
                 r["add_one_item_ms"],
                 r["step_depth1_vs_smallest"],
+                r["step_depth1_cold_vs_smallest"],
                 r["step_from_logits_vs_smallest"],
             ]
             for r in rows
