@@ -79,7 +79,8 @@ def constrained_candidates(
     the log-probs of (A*B, W) token ids (only those are then computed); running_scores (A, B);
     banned: (A*B, W)-shaped bool function applied to children, see `constrained_beam_search`.
     Returns (scores, tokens, children, parent beam within the request), each (A, 2B); missing
-    candidates have score -inf, token and child -1.
+    candidates have score -inf, token and child -1, and some real beam as parent (filter on
+    the score).
     """
     requests, beams = running_scores.shape
     tokens, children, valid = tables.expand_padded(nodes)  # (A*B, W)
