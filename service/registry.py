@@ -274,10 +274,6 @@ class Registry:
         self._cache_down_until = time.monotonic() + self.CACHE_COOLDOWN_S
         log.warning("user ID cache %s failed (%s); skipping the cache for %.0f s", action, exc, self.CACHE_COOLDOWN_S)
 
-    def get_user_id_sync(self, digest: str) -> list[int] | None:
-        """The cached textual user ID (token ids) of one history digest (see get_user_ids_sync)."""
-        return self.get_user_ids_sync([digest])[0]
-
     def get_user_ids_sync(self, digests: Sequence[str]) -> list[list[int] | None]:
         """The cached textual user IDs (token ids) of a batch of history digests in one round
         trip (MGET); None for each one absent, unreadable, or when Redis cannot answer within
@@ -291,10 +287,6 @@ class Registry:
             self._cache_failed("read", exc)
             return [None] * len(digests)
         return [_parse_token_list(raw) for raw in raws]
-
-    def set_user_id_sync(self, digest: str, tokens: Sequence[int], ttl_s: int = USER_ID_TTL_S) -> None:
-        """Best effort: caches one user ID for `ttl_s` seconds (see set_user_ids_sync)."""
-        self.set_user_ids_sync({digest: tokens}, ttl_s)
 
     def set_user_ids_sync(self, tokens_by_digest: dict[str, Sequence[int]], ttl_s: int = USER_ID_TTL_S) -> None:
         """Best effort: caches a batch of user IDs for `ttl_s` seconds in one pipelined round

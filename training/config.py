@@ -211,19 +211,12 @@ def _cllm4rec_ml100k() -> TrainConfig:
     # more epochs (the best validation epoch is kept) and validation on every user. A larger
     # model did worse here: d_model 128, dropout 0.1, lr 2e-3 left the fine-tuning loss flat
     # from epoch 3 and validation NDCG@10 at 0.045-0.055 over 14 epochs (tiny: 0.062).
-    small = ModelConfig(d_model=64, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=16, dropout_rate=0.0)
-    return TrainConfig(
-        name="cllm4rec-ml100k",
-        kind="cllm4rec",
-        data=DataConfig(kcore=0, max_text_chars=256),
-        tokenizer=TokenizerConfig(vocab_size=5000),
-        cllm4rec=Cllm4RecConfig(
-            model=small, pretrain_epochs=4, pretrain_lr=3e-3, finetune_epochs=24, finetune_lr=3e-3,
-            batch_size=64, max_doc_items=32, max_text_tokens=32, max_prompt_items=30, valid_users=None,
-            finetune_views_per_user=8, item_head_scale=1.0, item_bias=True, last_item_share=0.5,
-        ),
-        eval=EvalConfig(batch_size=128),
-    )
+    config = _cllm4rec_tiny()
+    config.name = "cllm4rec-ml100k"
+    config.cllm4rec.pretrain_epochs = 4
+    config.cllm4rec.finetune_epochs = 24
+    config.cllm4rec.valid_users = None
+    return config
 
 
 PRESETS = {"tiny": _tiny, "ml100k": _ml100k, "cllm4rec-tiny": _cllm4rec_tiny, "cllm4rec-ml100k": _cllm4rec_ml100k}

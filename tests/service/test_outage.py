@@ -180,21 +180,21 @@ def test_user_id_cache_skips_a_hung_redis(redis_server, catalog_name):
     the cache is skipped for a cool-down instead of blocking every batch."""
     registry = Registry(redis_server.url, catalog_name, timeout_s=2.0, lookup_timeout_s=0.2)
     try:
-        registry.set_user_id_sync("digest", [5, 6, 7], ttl_s=60)
-        assert registry.get_user_id_sync("digest") == [5, 6, 7]
+        registry.set_user_ids_sync({"digest": [5, 6, 7]}, ttl_s=60)
+        assert registry.get_user_ids_sync(["digest"])[0] == [5, 6, 7]
         redis_server.freeze()
         start = time.monotonic()
-        assert registry.get_user_id_sync("digest") is None
+        assert registry.get_user_ids_sync(["digest"])[0] is None
         first = time.monotonic() - start
         start = time.monotonic()
-        assert registry.get_user_id_sync("digest") is None
-        registry.set_user_id_sync("other", [1], ttl_s=60)
+        assert registry.get_user_ids_sync(["digest"])[0] is None
+        registry.set_user_ids_sync({"other": [1]}, ttl_s=60)
         skipped = time.monotonic() - start
         assert first < 1.0 and skipped < 0.05, (first, skipped)
         assert not registry.cache_available
         redis_server.thaw()
         registry._cache_down_until = 0.0  # the cool-down is over
-        assert registry.get_user_id_sync("digest") == [5, 6, 7]
+        assert registry.get_user_ids_sync(["digest"])[0] == [5, 6, 7]
     finally:
         redis_server.thaw()
         registry.sync.close()

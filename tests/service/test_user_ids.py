@@ -45,7 +45,7 @@ def test_user_ids_come_from_the_history_and_are_cached(bundle_path, registry, mo
     assert calls == [2] and all(isinstance(t, list) for t in first)
     trie = engine.catalog.trie
     digest = history_digest([list(trie.sequence(trie.index_of(i))[:-1]) for i in ("m1", "m2", "m3")])
-    assert registry.get_user_id_sync(digest) == first[0]
+    assert registry.get_user_ids_sync([digest])[0] == first[0]
     assert len(cached_digests(registry)) == 2
     # Cached: the same histories generate nothing; a new one is generated alone.
     again = engine.user_id_tokens_batch(jobs + [RecommendJob(("m5", "m6"), 5, True)])
@@ -66,9 +66,9 @@ def test_no_user_ids_when_the_bundle_has_none(bundle_path, registry):
 def test_registry_user_id_cache(redis_url, catalog_name):
     registry = Registry(redis_url, catalog_name)
     try:
-        assert registry.get_user_id_sync("abc") is None
-        registry.set_user_id_sync("abc", [5, 6, 7], ttl_s=60)
-        assert registry.get_user_id_sync("abc") == [5, 6, 7]
+        assert registry.get_user_ids_sync(["abc"])[0] is None
+        registry.set_user_ids_sync({"abc": [5, 6, 7]}, ttl_s=60)
+        assert registry.get_user_ids_sync(["abc"])[0] == [5, 6, 7]
         assert registry.user_id_key("abc").endswith("uid:abc")
         assert 0 < registry.sync.ttl(registry.user_id_key("abc")) <= 60
     finally:
