@@ -52,6 +52,7 @@ def floor_decode(model, prompts, num_beams: int, steps: int) -> None:
         decoder.token_log_probs(decoder.step_hidden(tokens), tokens[:, None])
 
 
+@torch.inference_mode()
 def hf_floor_decode(model, prompts, num_beams: int, steps: int) -> None:
     """The same passes through `transformers`' cached T5 forward: encoder, then `steps` decoder
     calls over all beams with the cross-attention keys/values repeated per beam."""
