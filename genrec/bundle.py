@@ -1,14 +1,17 @@
 """The bundle: the self-describing folder that training writes and the service loads.
 
-Layout (see DESIGN.md section 2)::
+Layout (docs/design.md, "The bundle")::
 
     manifest.json   format_version, kind, created_at, dataset, config, id_stats, metrics,
                     files: {relative posix path: sha256} of every other file
     tokenizer/      Hugging Face tokenizer files
-    id_generator/   T5 save_pretrained (safetensors)    [idgenrec]
-    recommender/    T5 save_pretrained (safetensors)
     items.jsonl     one item a line: item_id, textual_id, token_ids, text
+    <model folders> the method's own (idgenrec: recommender/ and id_generator/, T5
+                    save_pretrained; cllm4rec: cllm4rec/; sasrec: sasrec/)
     report.md, eval.json, *.png
+
+What is in the model folders is the method's business: `load_method` hands the bundle to the
+class the registry names for its kind.
 
 `write_bundle` builds the whole folder in a temporary sibling and swaps it into place, so a
 crash never leaves a half-written bundle at the target path. `verify_bundle` refuses a
@@ -27,23 +30,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import BundleError
-from .modeling import load_t5
+from .config import TrainConfig, config_from_dict
+from .errors import BundleError, ConfigError
+from .registry import kinds, method_class
 from .tokenization import load_tokenizer
+
+if TYPE_CHECKING:
+    from .method import Method, RuntimeOptions
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
-KINDS = ("idgenrec", "cllm4rec")
 
 MANIFEST_NAME = "manifest.json"
 ITEMS_NAME = "items.jsonl"
 TOKENIZER_DIR = "tokenizer"
-MODEL_DIRS = ("recommender", "id_generator")  # loaded here for the idgenrec kind
 
 _CHUNK = 1 << 20  # 1 MiB
 # Manifest keys that only this module writes (the checksums and the format identity).
@@ -66,8 +70,6 @@ class Bundle:
     path: Path
     manifest: dict
     tokenizer: PreTrainedTokenizerBase
-    recommender: torch.nn.Module | None  # T5ForConditionalGeneration for idgenrec (eval mode)
-    id_generator: torch.nn.Module | None  # idgenrec only
     items: list[BundleItem]
 
     @property
@@ -77,6 +79,14 @@ class Bundle:
     @property
     def config(self) -> dict:
         return self.manifest.get("config", {})
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The config training wrote, read back through the same typed dataclasses."""
+        try:
+            return config_from_dict({**self.config, "kind": self.kind})
+        except (ConfigError, TypeError) as exc:
+            raise BundleError(f"bundle {self.path}: its config cannot be read: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- helpers
@@ -190,8 +200,8 @@ def write_bundle(
     function that fills that (already created) folder; extra_files: name in the bundle ->
     existing file to copy. Returns the bundle path.
     """
-    if kind not in KINDS:
-        raise BundleError(f"unknown bundle kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    if kind not in kinds():
+        raise BundleError(f"unknown bundle kind {kind!r}; known kinds: {', '.join(kinds())}")
     out_dir = Path(out_dir).absolute()
     models = dict(models or {})
     extra_files = dict(extra_files or {})
@@ -310,8 +320,8 @@ def update_manifest(path: Path, **fields: Any) -> dict:
     bad = _PROTECTED_KEYS & fields.keys()
     if bad:
         raise BundleError(f"manifest keys {sorted(bad)} cannot be set with update_manifest")
-    if "kind" in fields and fields["kind"] not in KINDS:
-        raise BundleError(f"unknown bundle kind {fields['kind']!r}; known kinds: {', '.join(KINDS)}")
+    if "kind" in fields and fields["kind"] not in kinds():
+        raise BundleError(f"unknown bundle kind {fields['kind']!r}; known kinds: {', '.join(kinds())}")
     manifest = read_manifest(path)
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(manifest.get(key), dict):
@@ -351,9 +361,9 @@ def _check_header(path: Path, manifest: dict) -> None:
             f"this code reads format_version {known}"
         )
     kind = manifest.get("kind")
-    if kind not in KINDS:
+    if kind not in kinds():
         raise BundleError(
-            f"{MANIFEST_NAME} in bundle {path}: unknown kind {kind!r}; known kinds: {', '.join(KINDS)}"
+            f"{MANIFEST_NAME} in bundle {path}: unknown kind {kind!r}; known kinds: {', '.join(kinds())}"
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
@@ -437,12 +447,12 @@ def read_items(path: Path) -> list[BundleItem]:
     return items
 
 
-def load_bundle(path: Path, *, load_models: bool = True, verify: bool = True) -> Bundle:
-    """Load a bundle: manifest (verified unless verify=False), tokenizer, items and, for the
-    idgenrec kind, the recommender and id_generator T5 models in eval mode.
+def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
+    """Load a bundle's manifest (verified unless verify=False), tokenizer and items; the models
+    are the method's to load (`load_method`).
 
     With verify=False the checksums are skipped, but format_version, kind and the presence
-    of the listed files are still checked. For the cllm4rec kind the models are left None.
+    of the listed files are still checked.
     """
     path = Path(path)
     manifest = _verify(path, checksums=verify)
@@ -455,17 +465,9 @@ def load_bundle(path: Path, *, load_models: bool = True, verify: bool = True) ->
                 f"{ITEMS_NAME}: item {item.item_id!r} has token ids outside the tokenizer's "
                 f"vocabulary of {vocab}"
             )
-    recommender = id_generator = None
-    if load_models and manifest["kind"] == "idgenrec":
-        if (path / "recommender").is_dir():
-            recommender = load_t5(path / "recommender")
-        if (path / "id_generator").is_dir():
-            id_generator = load_t5(path / "id_generator")
-    return Bundle(
-        path=path,
-        manifest=manifest,
-        tokenizer=tokenizer,
-        recommender=recommender,
-        id_generator=id_generator,
-        items=items,
-    )
+    return Bundle(path=path, manifest=manifest, tokenizer=tokenizer, items=items)
+
+
+def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
+    """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""
+    return method_class(bundle.kind).load(bundle, bundle.train_config, options)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from .tokenization import encode_text
+from ..tokenization import encode_text
 
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "Considering user {user_id} has interacted with items {history} . What is the next recommendation for the user ?",

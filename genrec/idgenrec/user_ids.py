@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .beam_search import pad_batch
+from ..beam_search import pad_batch
 from .prompts import HISTORY_SEPARATOR
-from .textual_ids import normalize_textual_id
-from .tokenization import encode_text
+from ..textual_ids import normalize_textual_id
+from ..tokenization import encode_text
 
 DEFAULT_MAX_WORDS = 4
 

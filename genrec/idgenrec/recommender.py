@@ -1,18 +1,12 @@
 """History of item ids in, top-k item ids out: the one path that evaluation and serving share."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from .beam_search import constrained_beam_search, reference_generate_topk
-from .errors import UnknownItemError
+from ..beam_search import constrained_beam_search, reference_generate_topk
+from ..errors import UnknownItemError
+from ..method import Recommendation
+from ..trie import TextualIdTrie
 from .prompts import TEST_TEMPLATE, PromptRenderer
-from .trie import TextualIdTrie
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    item_id: str
-    score: float  # log-probability of the item's textual ID under the recommender
 
 
 class IdGenRecRecommender:

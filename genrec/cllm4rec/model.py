@@ -36,11 +36,9 @@ from tokenizers import AddedToken
 from torch import nn
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
-from .errors import BundleError
-from .minting import MintedId, canonical_id
-from .recommend import Recommendation
-from .textual_ids import normalize_textual_id
-from .tokenization import encode_text
+from ..errors import BundleError
+from ..method import Recommendation
+from ..tokenization import encode_text
 
 LMS = ("collab", "content")
 USER_PREFIX = "user_"
@@ -451,34 +449,3 @@ class Cllm4RecRecommender:
             out.append([Recommendation(self.model.item_ids[c], v) for v, c in zip(vrow, crow, strict=True)
                         if v != float("-inf")])
         return out
-
-
-# --------------------------------------------------------------------------- textual IDs
-
-
-def id_source(text: str) -> str:
-    """The words a CLLM4Rec item's textual ID is made of: the value of the first field of the
-    flattened item text ('title: Toy Story (1995); year: ...' -> 'Toy Story (1995)')."""
-    first = text.split(";", 1)[0]
-    return first.split(":", 1)[1] if ":" in first else first
-
-
-def title_textual_id(tokenizer: PreTrainedTokenizerBase, text: str, claim: Callable[[str], bool],
-                     max_words: int = 8, max_suffix: int = 100000) -> MintedId:
-    """A unique textual ID from the item's title words (normalized, at most max_words), with a
-    numeric suffix when taken or not round-trippable; `claim(id)` takes it when free."""
-    words = normalize_textual_id(id_source(text)).split(" ")[:max_words]
-    base = " ".join(w for w in words if w) or "item"
-    for n in range(1, max_suffix + 1):
-        candidate = base if n == 1 else f"{base} {n}"
-        canon = canonical_id(tokenizer, candidate)
-        if canon is None:
-            if n == 1:
-                continue
-            canon = canonical_id(tokenizer, f"item {n}")
-            if canon is None:
-                continue
-        textual_id, tokens = canon
-        if claim(textual_id):
-            return MintedId(textual_id, tokens, penalty=0.0, min_length=0, suffixed=n > 1)
-    raise BundleError(f"no free textual ID for {base!r} after {max_suffix} suffixes")

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from .diverse_beam import WordConstraint, diverse_beam_search
-from .errors import IdExhaustedError
-from .textual_ids import normalize_textual_id
-from .tokenization import encode_text, encode_texts
+from ..diverse_beam import WordConstraint, diverse_beam_search
+from ..errors import IdExhaustedError
+from ..textual_ids import MintedId, canonical_id, normalize_textual_id
+from ..tokenization import encode_text, encode_texts
 
 
 @dataclass
@@ -38,15 +38,6 @@ class MintConfig:
 
 
 @dataclass
-class MintedId:
-    textual_id: str
-    token_ids: list[int]  # without EOS
-    penalty: float
-    min_length: int
-    suffixed: bool
-
-
-@dataclass
 class MintStats:
     items: int = 0
     mean_words: float = 0.0
@@ -61,21 +52,6 @@ class MintStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def canonical_id(tokenizer, candidate: str) -> tuple[str, list[int]] | None:
-    """Normalised ID and its tokens, or None if it is empty or does not survive a
-    decode/encode round trip (two distinct IDs must never share a token sequence)."""
-    text = normalize_textual_id(candidate)
-    if not text:
-        return None
-    tokens = encode_text(tokenizer, text)
-    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in tokens:
-        return None
-    decoded = normalize_textual_id(tokenizer.decode(tokens, skip_special_tokens=True))
-    if decoded != text:
-        return None
-    return text, tokens
 
 
 def mint_ids(

@@ -1,0 +1,113 @@
+"""The method interface: what a bundle kind can do, behind one type.
+
+A *method* (IDGenRec, CLLM4Rec, SASRec, ...) is the serving half of a bundle kind. The
+evaluator, the report and the service hold a `Method` and never ask which kind it is; the
+registry (`genrec.registry`) maps a bundle's kind to its class, once. How to add a method is
+described in docs/design.md ("Adding a method").
+
+Every method:
+- loads itself from a bundle (`load`), reading its settings through the typed config that
+  training wrote (`genrec.config.TrainConfig`), so defaults cannot drift between the two;
+- recommends top-k items for a batch of queries (`recommend`), never returning an item of a
+  query's `exclude`;
+- makes a new item known (`mint`): gives it a unique textual ID, claimed through the caller's
+  `claim(textual_id) -> bool` (a set in training, Redis `SET NX` in the service), and says with
+  `new_items_recommendable` whether such an item can be recommended before retraining.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .config import TrainConfig
+    from .textual_ids import MintedId
+    from .trie import TextualIdTrie
+
+
+@dataclass(frozen=True)
+class Query:
+    """One recommendation request: the user's history (item ids, oldest first)."""
+
+    history: Sequence[str]
+    exclude: Collection[str] = ()  # item ids that must not be recommended (e.g. the history)
+    user_id: str | None = None  # the caller's user id; methods with a user vocabulary use it
+    # Items the user is described by, for methods that derive a user representation from items
+    # (IDGenRec's textual user IDs); None: the history. Evaluation passes the training part.
+    profile: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: str
+    score: float  # the method's score; higher is better (a log-probability for the generative ones)
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """A new item as the methods see it: its flattened metadata."""
+
+    text: str  # "title: ...; year: ...": what an ID generator reads
+    vocabulary_text: str  # the metadata values: the words a textual ID may use
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Settings the deployment may change without retraining (None: the bundle's own)."""
+
+    num_beams: int | None = None  # beam width of methods that decode (IDGenRec)
+
+
+class UserIdCache(Protocol):
+    """A shared cache for derived user representations (the service backs it with Redis)."""
+
+    def get_many(self, keys: Sequence[str]) -> list[list[int] | None]: ...
+
+    def set_many(self, values: dict[str, list[int]]) -> None: ...
+
+
+Claim = Callable[[str], bool]
+
+
+class Method(ABC):
+    """A trained recommender loaded from a bundle; see the module docstring."""
+
+    kind: ClassVar[str]  # the bundle kind, e.g. "idgenrec"
+    label: ClassVar[str]  # the name people read, e.g. "IDGenRec"
+    config_class: ClassVar[type]  # the dataclass of the method's config sections
+    new_items_recommendable: ClassVar[bool]  # can an item minted after training be recommended?
+
+    @classmethod
+    @abstractmethod
+    def load(cls, bundle: Bundle, config: TrainConfig, options: RuntimeOptions | None = None) -> Method:
+        """The method's models from the bundle folder, in eval mode."""
+
+    @abstractmethod
+    def recommend(
+        self,
+        queries: Sequence[Query],
+        k: int,
+        trie: TextualIdTrie,
+        cache: UserIdCache | None = None,
+    ) -> list[list[Recommendation]]:
+        """Top-k per query, best first, none of a query's `exclude`. `trie` holds every item the
+        caller knows (the bundle's and the minted ones, by textual ID); methods that score their
+        own item table use it only to know new items."""
+
+    @abstractmethod
+    def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
+        """A unique textual ID per new item, each taken through `claim`."""
+
+    def batch_key(self, k: int) -> object:
+        """Requests whose keys are equal may be answered in one `recommend` call with the largest
+        of their k, each trimmed to its own k: a request's answer must not depend on its
+        batch-mates. None (the default): any k may share a call."""
+        return None
+
+    def is_recommendable(self, item_id: str) -> bool:
+        """Whether `recommend` can return this item (every item, for methods that decode IDs)."""
+        return True

@@ -1,0 +1,157 @@
+"""The one training loop every method's phases run: AdamW, a warm-up (and optionally linear
+decay) schedule, gradient clipping, data parallelism under torchrun, progress and a log line
+per epoch with the examples per second.
+
+A phase hands the loop three functions: `examples(epoch)` (that epoch's examples, re-rendered
+or re-masked per epoch if the method wants), `collate(examples) -> batch` and
+`loss(model, batch) -> loss` (or `(loss, {name: value})` to have named parts averaged per
+epoch too). Under torchrun each rank trains on its own shard of every epoch's examples and
+DDP averages the gradients; `loss` receives the DDP-wrapped model, so it must call the model
+(its forward) for the gradients to be synchronised.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from genrec.progress import progress_bar
+
+T = TypeVar("T")
+B = TypeVar("B")
+LossFn = Callable[[torch.nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_indices(count: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+    """This process's share of an epoch's examples (shuffled per epoch unless `shuffle` is off);
+    every rank gets the same number (the order is padded by wrapping, like DistributedSampler)
+    so the ranks stay in step."""
+    rank, world = distributed_world()
+    order = list(range(count))
+    if shuffle:
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    if world > 1:
+        per_rank = math.ceil(count / world)
+        order = (order * 2)[: per_rank * world]
+        order = order[rank::world]
+    return order
+
+
+def linear_warmup_decay(step: int, warmup: int, total: int, decay: bool = True) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then linear decay to 5% at
+    `total` (or constant 1 with decay off)."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    if not decay:
+        return 1.0
+    return max(0.05, 1.0 - (step - warmup) / max(total - warmup, 1))
+
+
+def fit(
+    model: torch.nn.Module,
+    *,
+    epochs: int,
+    examples: Callable[[int], Sequence[T]],
+    collate: Callable[[list[T]], B],
+    loss: LossFn,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_steps: int = 0,
+    decay: bool = True,
+    grad_clip: float = 1.0,
+    seed: int = 0,
+    shuffle: bool = True,
+    distributed: bool = True,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    desc: str = "training",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Trains `model` in place for `epochs`; returns per-epoch means: "loss", every named part of
+    the loss, and "examples_per_s".
+
+    `shuffle=False` takes each epoch's examples in the order given (the phase shuffled them
+    itself). `distributed=False` keeps the model unwrapped and every rank on all examples (a
+    phase whose ranks must do the same work). `parameters`: what the optimizer updates
+    (default: every parameter that requires a gradient). `after_epoch(epoch, means)` runs on
+    every rank after each epoch (validation, keeping the best weights).
+    """
+    rank, world = distributed_world()
+    shard = distributed and world > 1
+    trained = model
+    if shard and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    first = examples(0) if epochs > 0 else []
+    count = len(shard_indices(len(first), 0, seed, shuffle)) if shard else len(first)
+    total_steps = math.ceil(count / batch_size) * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: linear_warmup_decay(step, warmup_steps, total_steps, decay)
+    )
+    history: dict[str, list[float]] = {"loss": [], "examples_per_s": []}
+    show = progress and rank == 0
+    for epoch in range(epochs):
+        epoch_examples = first if epoch == 0 else examples(epoch)
+        if shard:
+            order = shard_indices(len(epoch_examples), epoch, seed, shuffle)
+        elif shuffle:
+            order = list(range(len(epoch_examples)))
+            random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        else:
+            order = list(range(len(epoch_examples)))
+        trained.train()
+        sums: dict[str, float] = {"loss": 0.0}
+        steps = 0
+        started = time.perf_counter()
+        bar = progress_bar(range(0, len(order), batch_size), desc=f"{desc} {epoch + 1}/{epochs}", enabled=show)
+        for start in bar:
+            batch = collate([epoch_examples[i] for i in order[start : start + batch_size]])
+            value = loss(trained, batch)
+            parts: dict[str, float] = {}
+            if isinstance(value, tuple):
+                value, parts = value
+            if value is None:
+                continue
+            optimizer.zero_grad(set_to_none=True)  # untouched tables keep grad None: AdamW skips them
+            value.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], grad_clip)
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            sums["loss"] += float(value.detach())
+            for name, part in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(part)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+        elapsed = time.perf_counter() - started
+        means = {name: total / max(steps, 1) for name, total in sums.items()}
+        if shard:
+            reduced = torch.tensor([means["loss"]])
+            dist.all_reduce(reduced)
+            means["loss"] = float(reduced) / world
+        means["examples_per_s"] = len(order) * (world if shard else 1) / max(elapsed, 1e-9)
+        for name, value in means.items():
+            history.setdefault(name, []).append(value)
+        if log is not None and rank == 0:
+            shown = ", ".join(f"{name} {value:.4f}" for name, value in means.items() if name != "examples_per_s")
+            log(f"{desc} epoch {epoch + 1}/{epochs}: {shown} ({elapsed:.1f} s, {means['examples_per_s']:.0f} examples/s)")
+        if after_epoch is not None:
+            after_epoch(epoch, means)
+    return history
