@@ -18,7 +18,7 @@ import torch
 
 from genrec.beam_search import SearchProfile, constrained_beam_search, pad_batch, reference_generate_topk
 from genrec.bundle import load_bundle
-from genrec.recommend import IdGenRecRecommender
+from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.t5_decoding import BeamDecoder, start_tokens
 from genrec.trie import TextualIdTrie
 

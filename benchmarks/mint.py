@@ -10,7 +10,7 @@ import torch
 
 from genrec.bundle import load_bundle
 from genrec.item_text import metadata_values_text
-from genrec.minting import MintConfig
+from genrec.idgenrec.minting import MintConfig
 from service.engine import mint_config_from
 from training.id_generator import mint_catalog
 

@@ -38,6 +38,7 @@ from .config import TrainConfig, config_from_dict
 from .errors import BundleError, ConfigError
 from .registry import kinds, method_class
 from .tokenization import load_tokenizer
+from .trie import TextualIdTrie
 
 if TYPE_CHECKING:
     from .method import Method, RuntimeOptions
@@ -466,6 +467,11 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
                 f"vocabulary of {vocab}"
             )
     return Bundle(path=path, manifest=manifest, tokenizer=tokenizer, items=items)
+
+
+def items_trie(items: list[BundleItem], eos_token_id: int) -> TextualIdTrie:
+    """The prefix trie over the items' textual IDs (their token_ids end with EOS)."""
+    return TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
 
 
 def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:

@@ -185,7 +185,7 @@ def diverse_beam_search(
     encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     # Step 0: one row per item, then the cache (cross-attention K/V included) per group.
     out = first_decoder_step(model, encoder_hidden, mask)
-    past = out.past_key_values
+    past = out.cache
     past.batch_repeat_interleave(G)
     encoder_hidden = encoder_hidden.repeat_interleave(G, dim=0)
     mask = mask.repeat_interleave(G, dim=0)
@@ -231,10 +231,10 @@ def diverse_beam_search(
             encoder_outputs=(encoder_hidden,),
             attention_mask=mask,
             decoder_input_ids=token[batch].clamp(min=0).to(device)[:, None],
-            past_key_values=past,
+            cache=past,
             use_cache=True,
         )
-        past = out.past_key_values
+        past = out.cache
         log_probs = _log_probs(out.logits, vocab)
         source = torch.arange(batch.numel())
     return _candidates(generated, lengths, log_prob_sums, items, G)

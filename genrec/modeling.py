@@ -5,8 +5,13 @@ from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from .errors import BundleError, ConfigError
+
+# transformers draws a bar for every model it loads or saves: thousands of frames in a service
+# or training log for a sub-second step. The project shows its own progress (genrec.progress).
+hf_logging.disable_progress_bar()
 
 
 @dataclass

@@ -29,9 +29,10 @@ import sys
 import time
 from pathlib import Path
 
+from genrec.config import TrainConfig, apply_override
 from genrec.errors import GenRecError
 
-from .config import PRESETS, TrainConfig, apply_override, preset
+from .presets import PRESETS, preset
 
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
 DEFAULT_VARIANTS = ("keyword", "alternate", "alternate_user_ids", "popularity")

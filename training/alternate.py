@@ -1,5 +1,5 @@
-"""Alternate training of the ID generator and the recommender (SPEC 1.4), and textual user IDs
-(SPEC 1.5) during training.
+"""Alternate training of the ID generator and the recommender (docs/methods.md, "Alternate training"), and textual user IDs
+(docs/methods.md, "Textual user IDs") during training.
 
 Schedule (`phase_schedule`): with `alternate.rounds = R > 0` and `id_phase_first`, the phases
 are (ID, recommender) x R; without it, (recommender, ID) x R and one more recommender phase,
@@ -22,20 +22,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from genrec.beam_search import pad_batch
-from genrec.minting import MintConfig, MintedId, MintStats
-from genrec.prompts import TRAIN_TEMPLATES, PromptRenderer
+from genrec.config import TrainConfig
+from genrec.idgenrec.config import AlternateConfig
+from genrec.idgenrec.minting import MintConfig, MintStats
+from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
+from genrec.idgenrec.user_ids import generate_user_ids
+from genrec.textual_ids import MintedId
 from genrec.tokenization import encode_text
 from genrec.trie import TextualIdTrie
-from genrec.user_ids import generate_user_ids
 
-from .config import AlternateConfig, TrainConfig
 from .data import SplitData
 from .id_generator import mint_catalog
+from .loop import distributed_world, fit
 from .recommender import choose_template, train_recommender, training_pairs
-from .seq2seq import distributed_world
 from .soft_ids import greedy_soft_decode, insert_soft_ids, soft_id_embeddings
 
 Pair = tuple[str, list[str], str]
@@ -194,6 +195,7 @@ def id_phase(
     progress: bool = True,
 ) -> list[float]:
     """Trains the generator through soft IDs with the recommender frozen; mean loss per epoch.
+    Every rank runs the same phase (no sharding); rank 0's weights are broadcast afterwards.
 
     For every batch of prompts, all distinct history items are decoded in one generator call,
     len(current hard ID) positions each; the soft embeddings replace the hard ones at the items'
@@ -201,38 +203,27 @@ def id_phase(
     """
     renderer = PromptRenderer(tokenizer, max_source_length)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=lr)
     device = next(generator.parameters()).device
-    losses: list[float] = []
+    epoch_rng = {"rng": random.Random(seed)}  # one per epoch: its shuffle, then its template draws
+
+    def examples(epoch: int) -> list[Pair]:
+        rng = random.Random(seed * 7919 + epoch)
+        chosen = list(pairs)
+        rng.shuffle(chosen)
+        epoch_rng["rng"] = rng
+        return chosen[:max_pairs] if max_pairs is not None else chosen
+
     with frozen(recommender_model):
         embedding = recommender_model.get_input_embeddings()
-        generator.train()
-        for epoch in range(epochs):
-            rng = random.Random(seed * 7919 + epoch)
-            chosen = list(pairs)
-            rng.shuffle(chosen)
-            if max_pairs is not None:
-                chosen = chosen[:max_pairs]
-            total, batches = 0.0, 0
-            bar = tqdm(range(0, len(chosen), batch_size), desc=f"ID phase epoch {epoch + 1}/{epochs}",
-                       disable=not progress, leave=False)
-            for start in bar:
-                loss = id_phase_loss(
-                    generator, recommender_model, embedding, renderer, chosen[start : start + batch_size],
-                    item_tokens, item_sources, templates=templates, rng=rng, first_template_share=first_template_share,
-                    temperature=temperature, user_tokens=user_tokens, eos=eos, pad=pad, device=device,
-                )
-                if loss is None:
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
-                optimizer.step()
-                total += float(loss.detach())
-                batches += 1
-                bar.set_postfix(loss=f"{total / batches:.3f}")
-            losses.append(total / max(batches, 1))
+        losses = fit(
+            generator, epochs=epochs, examples=examples, collate=list, batch_size=batch_size, lr=lr,
+            decay=False, grad_clip=grad_clip, shuffle=False, distributed=False, desc="ID phase", progress=progress,
+            loss=lambda model, batch: id_phase_loss(
+                model, recommender_model, embedding, renderer, batch, item_tokens, item_sources,
+                templates=templates, rng=epoch_rng["rng"], first_template_share=first_template_share,
+                temperature=temperature, user_tokens=user_tokens, eos=eos, pad=pad, device=device,
+            ),
+        )["loss"]
     generator.eval()
     return losses
 
@@ -357,7 +348,7 @@ def train_alternating(
                     recommender_model, tokenizer, split, ids.item_tokens,
                     dataclasses.replace(config.recommender, epochs=epochs),
                     max_history=max_history, seed=config.seed + 1009 * rec_index, validate=validate,
-                    progress=progress, user_tokens=user_ids,
+                    progress=progress, user_tokens=user_ids, log=log,
                 )
                 history["best_epoch"] = len(history["loss"]) + phase["best_epoch"]
                 history["loss"] += phase["loss"]

@@ -4,9 +4,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from genrec.config import apply_override
 from genrec.errors import GenRecError
 
-from .config import PRESETS, apply_override, preset
+from .presets import PRESETS, preset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
                 apply_override(config, assignment)
             run(config, args.out, progress=not args.no_progress)
         else:
+            from genrec.registry import method_class
+
             from .pipeline import reevaluate
             from .report import metrics_table
 
             result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress)
-            print(metrics_table(result, "test"))
+            print(metrics_table(result, "test", method_class(result["kind"]).label))
     except GenRecError as exc:
         print(f"genrec-train: error: {exc}", file=sys.stderr)
         return 2

@@ -1,20 +1,23 @@
-"""Leave-one-out evaluation with full ranking (SPEC 1.6), for the model and the baselines.
+"""Leave-one-out evaluation with full ranking (docs/methods.md, "Evaluation protocol"): one
+evaluator for every method, and the popularity baseline.
 
-History items are excluded from every ranking, for every model and baseline alike (as
-RecBole does). Rankings of the model come from the same constrained beam search that serves.
+A user's whole visible history goes into the query (each method keeps as much of it as it
+reads) and is excluded from the ranking, for every method and baseline alike (as RecBole
+does). Rankings come from the method's own `recommend`, the path that serves.
 """
 
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from tqdm.auto import tqdm
-
+from genrec.method import Method, Query
 from genrec.metrics import leave_one_out_metrics
-from genrec.recommend import IdGenRecRecommender
+from genrec.progress import progress_bar
+from genrec.trie import TextualIdTrie
 
 from .data import SplitData
 
 SPLITS = ("valid", "test")
+WHOLE_HISTORY = 10**9
 
 
 def evaluation_users(split: SplitData, which: str, limit: int | None = None) -> list[str]:
@@ -22,54 +25,47 @@ def evaluation_users(split: SplitData, which: str, limit: int | None = None) -> 
     return users[:limit] if limit else users
 
 
+def user_query(split: SplitData, user: str, which: str) -> Query:
+    """What the method sees when predicting `which` for `user`: the visible history, excluded
+    from the ranking; the user's training part describes the user (never a valid/test target)."""
+    history = split.history(user, which, WHOLE_HISTORY)
+    return Query(history=history, exclude=history, user_id=user, profile=split.train[user])
+
+
 def rank_users(
-    recommender: IdGenRecRecommender,
-    split: SplitData,
-    which: str,
-    users: Sequence[str],
-    *,
-    max_history: int,
-    k: int = 10,
-    num_beams: int = 10,
-    batch_size: int = 32,
-    progress: bool = True,
-    user_tokens: Callable[[list[str]], list[list[int]]] | None = None,
+    method: Method, trie: TextualIdTrie, split: SplitData, which: str, users: Sequence[str], *,
+    k: int = 10, batch_size: int = 32, progress: bool = True,
 ) -> list[list[str]]:
-    """`user_tokens(users)`: their textual user IDs (SPEC 1.5), None when the model has none."""
     rankings: list[list[str]] = []
-    for start in tqdm(range(0, len(users), batch_size), desc=f"ranking {which}", disable=not progress, leave=False):
-        batch = users[start : start + batch_size]
-        found = recommender.recommend(
-            [split.history(u, which, max_history) for u in batch],
-            k,
-            num_beams=num_beams,
-            # The whole visible history is excluded, not just the prompt's last items.
-            exclude_items=[split.history(u, which, 10**9) for u in batch],
-            user_id_tokens=user_tokens(batch) if user_tokens else None,
-        )
-        rankings.extend([r.item_id for r in row] for row in found)
+    for start in progress_bar(range(0, len(users), batch_size), desc=f"ranking {which}", enabled=progress):
+        queries = [user_query(split, u, which) for u in users[start : start + batch_size]]
+        rankings.extend([r.item_id for r in row] for row in method.recommend(queries, k, trie))
     return rankings
 
 
-def evaluate_model(
-    recommender: IdGenRecRecommender,
-    split: SplitData,
-    which: str,
-    *,
-    max_history: int,
-    users: int | None = None,
-    num_beams: int = 10,
-    batch_size: int = 32,
-    progress: bool = True,
-    user_tokens: Callable[[list[str]], list[list[int]]] | None = None,
+def evaluate_method(
+    method: Method, trie: TextualIdTrie, split: SplitData, which: str, *, users: int | None = None,
+    batch_size: int = 32, progress: bool = True,
 ) -> dict[str, float]:
     chosen = evaluation_users(split, which, users)
-    rankings = rank_users(
-        recommender, split, which, chosen, max_history=max_history, num_beams=num_beams, batch_size=batch_size,
-        progress=progress, user_tokens=user_tokens,
-    )
-    targets = [getattr(split, which)[u] for u in chosen]
-    return leave_one_out_metrics(rankings, targets)
+    rankings = rank_users(method, trie, split, which, chosen, batch_size=batch_size, progress=progress)
+    return leave_one_out_metrics(rankings, [getattr(split, which)[u] for u in chosen])
+
+
+def popularity_ranking(counts: Counter[str]) -> list[str]:
+    """Items by interaction count, ties by item id: the one popularity order of the project."""
+    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def top_unseen(ranked: Sequence[str], seen: Sequence[str], k: int) -> list[str]:
+    banned = set(seen)
+    out: list[str] = []
+    for item in ranked:
+        if item not in banned:
+            out.append(item)
+            if len(out) == k:
+                break
+    return out
 
 
 def popularity_rankings(split: SplitData, which: str, users: Sequence[str], k: int = 10) -> list[list[str]]:
@@ -79,12 +75,8 @@ def popularity_rankings(split: SplitData, which: str, users: Sequence[str], k: i
         counts.update(sequence)
         if which == "test" and user in split.valid:
             counts[split.valid[user]] += 1
-    ranked = [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    rankings = []
-    for user in users:
-        seen = set(split.history(user, which, 10**9))
-        rankings.append([item for item in ranked if item not in seen][:k])
-    return rankings
+    ranked = popularity_ranking(counts)
+    return [top_unseen(ranked, split.history(user, which, WHOLE_HISTORY), k) for user in users]
 
 
 def evaluate_popularity(split: SplitData, which: str, users: int | None = None) -> dict[str, float]:

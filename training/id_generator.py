@@ -2,7 +2,8 @@
 
 import torch
 
-from genrec.minting import MintConfig, MintedId, MintStats, mint_ids
+from genrec.idgenrec.minting import MintConfig, MintStats, mint_ids
+from genrec.textual_ids import MintedId
 from genrec.tokenization import encode_text
 
 from .seq2seq import Example, train_epochs
@@ -10,9 +11,9 @@ from .seq2seq import Example, train_epochs
 
 def warm_up_generator(
     model, tokenizer, texts: list[str], keywords: list[str], *, epochs: int, lr: float, batch_size: int,
-    seed: int, max_source_length: int = 256, progress: bool = True,
+    seed: int, max_source_length: int = 256, progress: bool = True, log=None,
 ) -> list[float]:
-    """Teaches the generator to turn item text into its distinctive words (SPEC 1.2)."""
+    """Teaches the generator to turn item text into its distinctive words (docs/methods.md, "IDGenRec")."""
     eos = tokenizer.eos_token_id
     examples = [
         Example(source=encode_text(tokenizer, t)[: max_source_length - 1] + [eos], target=encode_text(tokenizer, k) + [eos])
@@ -29,6 +30,7 @@ def warm_up_generator(
         warmup_steps=20,
         desc="ID generator warm-up",
         progress=progress,
+        log=log,
     )
 
 

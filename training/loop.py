@@ -117,6 +117,7 @@ def fit(
             order = list(range(len(epoch_examples)))
         trained.train()
         sums: dict[str, float] = {"loss": 0.0}
+        counts: dict[str, int] = {"loss": 0}  # a named part is averaged over the steps that report it
         steps = 0
         started = time.perf_counter()
         bar = progress_bar(range(0, len(order), batch_size), desc=f"{desc} {epoch + 1}/{epochs}", enabled=show)
@@ -135,13 +136,13 @@ def fit(
             optimizer.step()
             scheduler.step()
             steps += 1
-            sums["loss"] += float(value.detach())
-            for name, part in parts.items():
+            for name, part in {"loss": value.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + float(part)
+                counts[name] = counts.get(name, 0) + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
         elapsed = time.perf_counter() - started
-        means = {name: total / max(steps, 1) for name, total in sums.items()}
+        means = {name: total / max(counts[name], 1) for name, total in sums.items()}
         if shard:
             reduced = torch.tensor([means["loss"]])
             dist.all_reduce(reduced)

@@ -1,4 +1,6 @@
-"""`genrec-train run`: data -> tokenizer -> ID generator -> IDs -> recommender -> evaluation -> bundle."""
+"""`genrec-train run` and `evaluate`: data -> tokenizer -> the method's trainer -> evaluation ->
+report -> bundle, the same steps for every method (the trainer is the only part that differs).
+"""
 
 import json
 import os
@@ -11,22 +13,29 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from genrec.bundle import BundleItem, load_bundle, update_bundle_files, update_manifest, write_bundle
+from genrec.bundle import (
+    items_trie,
+    load_bundle,
+    load_method,
+    update_bundle_files,
+    update_manifest,
+    write_bundle,
+)
+from genrec.config import TrainConfig
 from genrec.errors import ConfigError
-from genrec.item_text import metadata_values_text
-from genrec.modeling import build_t5
-from genrec.recommend import IdGenRecRecommender
+from genrec.method import Method
 from genrec.trie import TextualIdTrie
 
-from .alternate import UserIds, mint_state, train_alternating, uses_user_ids
-from .config import TrainConfig, config_from_dict
-from .data import load_dataset
-from .evaluation import evaluate_all, evaluate_model
-from .id_generator import warm_up_generator
-from .keywords import keyword_targets
+from .data import Dataset, load_dataset
+from .evaluation import evaluate_all, evaluate_method
+from .loop import distributed_world
+from .methods import Trainer, trainer_for
+from .methods.base import RunContext, Trained
 from .report import metrics_table, plot_id_lengths, plot_training, write_report
-from .seq2seq import distributed_world
 from .tokenizer_training import tokenizer_from_pretrained, train_tokenizer
+
+# eval.json keys written by every run; a trainer's extra_evaluation adds its own beside them.
+EVAL_KEYS = ("valid", "test", "baselines")
 
 
 def seed_everything(seed: int) -> None:
@@ -42,142 +51,113 @@ def init_distributed() -> None:
 
 
 def log(message: str) -> None:
+    """One line per step of the run (rank 0 only): what a log file should hold."""
     if distributed_world()[0] == 0:
         print(message, flush=True)
 
 
+def load_config_dataset(config: TrainConfig) -> Dataset:
+    return load_dataset(
+        config.data.dataset, Path(config.data.data_dir) if config.data.data_dir else None,
+        kcore=config.data.kcore, max_text_chars=config.data.max_text_chars,
+    )
+
+
 def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
-    """Trains everything and writes the bundle to `out` (rank 0). Returns eval.json's content."""
-    if config.kind == "cllm4rec":
-        from .cllm4rec_training import run_cllm4rec
-
-        return run_cllm4rec(config, out, progress=progress)
-    if config.kind != "idgenrec":
-        raise ConfigError(f"unknown config kind {config.kind!r}; known: idgenrec, cllm4rec")
+    """Trains the config's method and writes the bundle to `out` (rank 0). Returns eval.json's content."""
+    trainer = trainer_for(config.kind)
     init_distributed()
-    rank, _ = distributed_world()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    rank, world = distributed_world()
+    finished = False
+    try:
+        if world > 1 and not trainer.supports_ddp:
+            raise ConfigError(f"{config.kind} training does not run under torchrun with several processes")
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        started = time.perf_counter()
+        dataset = load_config_dataset(config)
+        item_ids = list(dataset.catalog.items)
+        log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(item_ids)} items")
+        if config.tokenizer.pretrained_path:
+            tokenizer = tokenizer_from_pretrained(config.tokenizer.pretrained_path)
+        else:
+            corpus = trainer.tokenizer_corpus([dataset.item_text[i] for i in item_ids])
+            tokenizer = train_tokenizer(corpus, config.tokenizer.vocab_size)
+        timings = {"data_and_tokenizer": time.perf_counter() - started}
 
-    t = time.perf_counter()
-    dataset = load_dataset(
-        config.data.dataset,
-        Path(config.data.data_dir) if config.data.data_dir else None,
-        kcore=config.data.kcore,
-        max_text_chars=config.data.max_text_chars,
+        def validate(method: Method, trie: TextualIdTrie, users: int | None) -> float:
+            return evaluate_method(method, trie, dataset.split, "valid", users=users,
+                                   batch_size=config.eval.batch_size, progress=False)["ndcg@10"]
+
+        ctx = RunContext(config=config, dataset=dataset, tokenizer=tokenizer, progress=progress, log=log,
+                         validate=validate)
+        trained = trainer.train(ctx)
+        timings.update(trained.timings)
+        result: dict = {}
+        if rank == 0:
+            t = time.perf_counter()
+            result = evaluate(trainer, trained.method, items_trie(trained.items, tokenizer.eos_token_id), config,
+                              dataset, config.eval.users, progress)
+            timings["evaluation"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - started
+            result["id_stats"] = trained.id_stats
+            result["users"] = {which: len(getattr(dataset.split, which)) for which in ("valid", "test")}
+            result["timings_s"] = timings
+            write_run_bundle(out, trainer, trained, tokenizer, config, dataset, result, timings)
+            log("\n" + metrics_table(result, "test", trained.method.label))
+            for line in trainer.report_sections(result):
+                log(line)
+            log(f"bundle written to {out} in {timings['total']:.0f} s")
+        finished = True
+        return result
+    finally:
+        if dist.is_initialized():
+            if finished:  # a rank that failed must not wait for the others at the barrier
+                dist.barrier()
+            dist.destroy_process_group()
+
+
+def evaluate(trainer: Trainer, method: Method, trie: TextualIdTrie, config: TrainConfig, dataset: Dataset,
+             users: int | None, progress: bool) -> dict:
+    """Leave-one-out on valid and test with the popularity baseline, plus the trainer's own."""
+    result = evaluate_all(
+        lambda which: evaluate_method(method, trie, dataset.split, which, users=users,
+                                      batch_size=config.eval.batch_size, progress=progress),
+        dataset.split, users,
     )
-    item_ids = list(dataset.catalog.items)
-    texts = [dataset.item_text[i] for i in item_ids]
-    metadata = [dataset.catalog.items[i] for i in item_ids]
-    log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(item_ids)} items")
-    if config.tokenizer.pretrained_path:
-        tokenizer = tokenizer_from_pretrained(config.tokenizer.pretrained_path)
-    else:
-        tokenizer = train_tokenizer(texts, config.tokenizer.vocab_size)
-    timings["data_and_tokenizer"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    generator = build_t5(config.generator.model, tokenizer, seed=config.seed)
-    keywords = keyword_targets(metadata, config.generator.keyword_count)
-    warm_loss = warm_up_generator(
-        generator, tokenizer, texts, keywords,
-        epochs=config.generator.warmup_epochs, lr=config.generator.lr, batch_size=config.generator.batch_size,
-        seed=config.seed, max_source_length=config.generator.mint.max_source_length, progress=progress,
-    )
-    timings["generator_warmup"] = time.perf_counter() - t
-    t = time.perf_counter()
-    vocabulary_texts = [metadata_values_text(m) for m in metadata]
-    ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary_texts, config.generator.mint, progress=progress)
-    minted, stats, item_tokens = ids.minted, ids.stats, ids.item_tokens
-    timings["minting"] = time.perf_counter() - t
-    log(
-        f"IDs: {stats.items} unique, mean {stats.mean_words:.2f} words / {stats.mean_tokens:.2f} tokens, "
-        f"raised penalty {stats.raised_penalty}, raised length {stats.raised_length}, suffixed {stats.suffixed}"
-    )
-
-    eos = tokenizer.eos_token_id
-    trie = TextualIdTrie(item_ids, [item_tokens[i] + [eos] for i in item_ids], eos)
-    recommender_model = build_t5(config.recommender.model, tokenizer, seed=config.seed + 1)
-    recommender = IdGenRecRecommender(
-        recommender_model, tokenizer, trie,
-        max_history=config.data.max_history, max_source_length=config.recommender.max_source_length,
-    )
-    user_ids = None
-    if uses_user_ids(config):
-        user_ids = UserIds(
-            generator, tokenizer, item_tokens, max_words=config.alternate.user_id_max_words,
-            max_source_length=config.generator.mint.max_source_length, progress=progress and rank == 0,
-        )
-    eval_user_tokens = user_ids.for_evaluation(dataset.split, config.data.max_history) if user_ids else None
-
-    def validate(model) -> float:
-        return evaluate_model(
-            recommender, dataset.split, "valid", max_history=config.data.max_history,
-            users=config.recommender.valid_users, num_beams=config.eval.num_beams,
-            batch_size=config.eval.batch_size, progress=False, user_tokens=eval_user_tokens,
-        )["ndcg@10"]
-
-    t = time.perf_counter()
-    # Alternate training (SPEC 1.4) when alternate.rounds > 0; else one recommender phase.
-    ids, history = train_alternating(
-        config, generator=generator, recommender_model=recommender_model, recommender=recommender,
-        tokenizer=tokenizer, split=dataset.split, item_ids=item_ids, texts=texts, vocabulary_texts=vocabulary_texts,
-        ids=ids, user_ids=user_ids, validate=validate, progress=progress, log=log,
-    )
-    minted, stats, item_tokens = ids.minted, ids.stats, ids.item_tokens
-    history["generator_warmup_loss"] = warm_loss
-    timings["recommender_training"] = time.perf_counter() - t
-
-    result: dict = {}
-    if rank == 0:
-        t = time.perf_counter()
-        result = evaluate_all(
-            lambda which: evaluate_model(
-                recommender, dataset.split, which, max_history=config.data.max_history, users=config.eval.users,
-                num_beams=config.eval.num_beams, batch_size=config.eval.batch_size, progress=progress,
-                user_tokens=eval_user_tokens,
-            ),
-            dataset.split,
-            config.eval.users,
-        )
-        result["id_stats"] = stats.to_dict()
-        timings["evaluation"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - started
-        result["kind"] = "idgenrec"
-        result["users"] = {which: len(getattr(dataset.split, which)) for which in ("valid", "test")}
-        result["timings_s"] = timings
-        items = [
-            BundleItem(item_id=i, textual_id=m.textual_id, token_ids=item_tokens[i] + [eos], text=dataset.item_text[i])
-            for i, m in zip(item_ids, minted, strict=True)
-        ]
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp_dir = Path(tmp)
-            files = {
-                "training.png": plot_training(history, tmp_dir / "training.png"),
-                "id_lengths.png": plot_id_lengths(stats.length_histogram, tmp_dir / "id_lengths.png"),
-                "eval.json": _write_json(tmp_dir / "eval.json", result),
-                "history.json": _write_json(tmp_dir / "history.json", history),
-                "report.md": write_report(
-                    tmp_dir / "report.md", title=f"IDGenRec on {dataset.name} (config {config.name})",
-                    evaluation=result, id_stats=stats.to_dict(), history=history, timings=timings,
-                    examples=[(m.textual_id, dataset.item_text[i]) for i, m in list(zip(item_ids, minted, strict=True))[:10]],
-                ),
-            }
-            write_bundle(
-                out, kind="idgenrec", tokenizer=tokenizer,
-                models={"recommender": recommender_model, "id_generator": generator}, items=items,
-                config=config.to_dict(), dataset=dataset.name, id_stats=stats.to_dict(),
-                metrics={k: result[k] for k in ("valid", "test", "baselines")}, extra_files=files,
-            )
-        log("\n" + metrics_table(result, "test"))
-        log(f"bundle written to {out} in {timings['total']:.0f} s")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    result.update(trainer.extra_evaluation(method, config, dataset, users))
+    result["kind"] = method.kind
     return result
+
+
+def _metrics(result: dict) -> dict:
+    """What the manifest records: every evaluation entry (eval.json holds the rest too)."""
+    return {k: v for k, v in result.items() if k not in ("kind", "id_stats", "users", "timings_s")}
+
+
+def write_run_bundle(out: Path, trainer: Trainer, trained: Trained, tokenizer, config: TrainConfig,
+                     dataset: Dataset, result: dict, timings: dict) -> Path:
+    label = trained.method.label
+    examples = [(item.textual_id, item.text) for item in trained.items[:10]]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        files = {
+            "training.png": plot_training(trained.history, tmp_dir / "training.png"),
+            "id_lengths.png": plot_id_lengths([i.textual_id for i in trained.items], tmp_dir / "id_lengths.png"),
+            "eval.json": _write_json(tmp_dir / "eval.json", result),
+            "history.json": _write_json(tmp_dir / "history.json", trained.history),
+            "report.md": write_report(
+                tmp_dir / "report.md", title=f"{label} on {dataset.name} (config {config.name})", label=label,
+                evaluation=result, id_stats=trained.id_stats, history=trained.history, timings=timings,
+                examples=examples, sections=trainer.report_sections(result),
+            ),
+        }
+        return write_bundle(
+            out, kind=config.kind, tokenizer=tokenizer, models=trained.models, items=trained.items,
+            config=config.to_dict(), dataset=dataset.name, id_stats=trained.id_stats, metrics=_metrics(result),
+            extra_files=files, extra_dirs=trained.model_dirs,
+        )
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -186,43 +166,18 @@ def _write_json(path: Path, data: dict) -> Path:
 
 
 def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True) -> dict:
-    """`genrec-train evaluate`: the bundle's recommender on its own dataset and split."""
+    """`genrec-train evaluate`: the bundle's method on its own dataset and split; a full
+    re-evaluation (users=None) replaces the recorded metrics, keeping the rest of eval.json."""
     bundle = load_bundle(bundle_dir)
-    if bundle.kind == "cllm4rec":
-        from .cllm4rec_training import reevaluate_cllm4rec
-
-        return reevaluate_cllm4rec(bundle, users=users, progress=progress)
-    config = config_from_dict(bundle.config)
-    dataset = load_dataset(
-        config.data.dataset, Path(config.data.data_dir) if config.data.data_dir else None,
-        kcore=config.data.kcore, max_text_chars=config.data.max_text_chars,
-    )
-    eos = bundle.tokenizer.eos_token_id
-    trie = TextualIdTrie([i.item_id for i in bundle.items], [i.token_ids for i in bundle.items], eos)
-    recommender = IdGenRecRecommender(
-        bundle.recommender, bundle.tokenizer, trie,
-        max_history=config.data.max_history, max_source_length=config.recommender.max_source_length,
-    )
-    user_tokens = None
-    if uses_user_ids(config):  # built by the bundle's generator from the training part, as in training
-        user_tokens = UserIds(
-            bundle.id_generator, bundle.tokenizer, {i.item_id: list(i.token_ids[:-1]) for i in bundle.items},
-            max_words=config.alternate.user_id_max_words, max_source_length=config.generator.mint.max_source_length,
-        ).for_evaluation(dataset.split, config.data.max_history)
-    result = evaluate_all(
-        lambda which: evaluate_model(
-            recommender, dataset.split, which, max_history=config.data.max_history, users=users,
-            num_beams=config.eval.num_beams, batch_size=config.eval.batch_size, progress=progress,
-            user_tokens=user_tokens,
-        ),
-        dataset.split,
-        users,
-    )
-    result["kind"] = bundle.kind
-    if users is None:  # a full re-evaluation replaces the recorded metrics, keeping the rest
+    config = bundle.train_config
+    method = load_method(bundle)
+    dataset = load_config_dataset(config)
+    trie = items_trie(bundle.items, bundle.tokenizer.eos_token_id)
+    result = evaluate(trainer_for(bundle.kind), method, trie, config, dataset, users, progress)
+    if users is None:
         saved_path = Path(bundle_dir) / "eval.json"
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
         saved.update(result)
-        update_manifest(bundle_dir, metrics={k: result[k] for k in ("valid", "test", "baselines")})
+        update_manifest(bundle_dir, metrics=_metrics(result))
         update_bundle_files(bundle_dir, {"eval.json": json.dumps(saved, indent=2)})
     return result

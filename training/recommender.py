@@ -8,11 +8,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from genrec.prompts import TRAIN_TEMPLATES, PromptRenderer
+from genrec.idgenrec.config import RecommenderConfig
+from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
 
-from .config import RecommenderConfig
 from .data import SplitData
-from .seq2seq import Example, distributed_world, train_epochs
+from .loop import distributed_world, fit, shard_indices
+from .seq2seq import Example, collate, seq2seq_loss
 
 
 def training_pairs(split: SplitData, max_history: int, max_prefixes_per_user: int | None) -> list[tuple[str, list[str], str]]:
@@ -71,6 +72,7 @@ def train_recommender(
     progress: bool = True,
     on_examples: Callable[[int, list[int]], None] | None = None,
     user_tokens: Callable[[str, list[str]], list[int] | None] | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Trains in place and leaves the best-validation epoch's weights in `model`.
 
@@ -93,7 +95,7 @@ def train_recommender(
     valid_ndcg: list[float] = []
     best = {"epoch": -1, "ndcg": float("-inf"), "state": None}
 
-    def after_epoch(epoch: int, loss: float) -> None:
+    def after_epoch(epoch: int, means: dict[str, float]) -> None:
         score = torch.tensor([0.0])
         if validate is not None and rank == 0:
             model.eval()
@@ -105,27 +107,18 @@ def train_recommender(
         if validate is None or value > best["ndcg"]:
             best.update(epoch=epoch, ndcg=value, state=copy.deepcopy(model.state_dict()))
         if rank == 0:
-            print(f"  recommender epoch {epoch + 1}: loss {loss:.4f}  valid ndcg@10 {value:.4f}", flush=True)
+            log(f"recommender epoch {epoch + 1}/{config.epochs}: loss {means['loss']:.4f}, valid NDCG@10 {value:.4f} "
+                f"({means['examples_per_s']:.0f} examples/s)")
 
     if on_examples is not None:
-        from .seq2seq import shard_indices
-
         on_examples(rank, shard_indices(len(pairs), 0, seed))
-    losses = train_epochs(
-        model,
-        make_examples,
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        pad_token_id=tokenizer.pad_token_id,
-        seed=seed,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps,
-        grad_clip=config.grad_clip,
-        after_epoch=after_epoch,
-        desc="recommender",
-        progress=progress,
-    )
+    losses = fit(
+        model, epochs=config.epochs, examples=make_examples,
+        collate=lambda batch: collate(batch, tokenizer.pad_token_id), loss=seq2seq_loss,
+        batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=seed, after_epoch=after_epoch,
+        desc="recommender", progress=progress,
+    )["loss"]
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()

@@ -1,5 +1,8 @@
-"""What evaluation measured, for people: a metrics table, plots and report.md."""
+"""What evaluation measured, for people: the one report writer of every method (report.md, a
+training-curve plot and a textual-ID length plot) and the metrics table the CLI prints."""
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -8,45 +11,62 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 METRICS = ("hr@5", "hr@10", "ndcg@5", "ndcg@10")
+VALIDATION = "valid_ndcg@10"
 
 
-def metrics_table(evaluation: dict, split: str = "test") -> str:
-    """Markdown table: the model and every baseline on one split."""
-    rows = [("IDGenRec" if evaluation.get("kind", "idgenrec") == "idgenrec" else evaluation["kind"], evaluation[split])]
-    for name, result in evaluation.get("baselines", {}).items():
-        rows.append((name, result[split]))
-    lines = ["| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+def table(rows: Sequence[tuple[str, dict]], metrics: Sequence[str] = METRICS) -> str:
+    """Markdown table: one row per (name, {metric: value})."""
+    lines = ["| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
     for name, values in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in METRICS) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{values.get(m, float('nan')):.4f}" for m in metrics) + " |")
     return "\n".join(lines)
 
 
+def metrics_table(evaluation: dict, split: str = "test", label: str | None = None) -> str:
+    """The method and every baseline on one split."""
+    rows = [(label or evaluation.get("kind", "model"), evaluation[split])]
+    rows += [(name, result[split]) for name, result in evaluation.get("baselines", {}).items()]
+    return table(rows)
+
+
+def curves(history: dict) -> dict[str, list[float]]:
+    """The per-epoch series of a training history (lists of numbers), validation last."""
+    found = {
+        name: values for name, values in history.items()
+        if isinstance(values, list) and values and all(isinstance(v, int | float) for v in values)
+        and name != VALIDATION
+    }
+    if history.get(VALIDATION):
+        found[VALIDATION] = history[VALIDATION]
+    return found
+
+
 def plot_training(history: dict, path: Path) -> Path:
-    """Recommender loss and validation NDCG@10 by epoch (plus the generator warm-up loss)."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    warm = history.get("generator_warmup_loss", [])
-    axes[0].plot(range(1, len(warm) + 1), warm, marker=".")
-    axes[0].set(title="ID generator warm-up loss", xlabel="epoch", ylabel="loss")
-    loss = history.get("loss", [])
-    axes[1].plot(range(1, len(loss) + 1), loss, marker="o")
-    axes[1].set(title="recommender training loss", xlabel="epoch", ylabel="loss")
-    ndcg = history.get("valid_ndcg@10", [])
-    axes[2].plot(range(1, len(ndcg) + 1), ndcg, marker="o", color="tab:green")
-    best = history.get("best_epoch")
-    if best:
-        axes[2].axvline(best, color="grey", linestyle="--", label=f"kept: epoch {best}")
-        axes[2].legend()
-    axes[2].set(title="validation NDCG@10", xlabel="epoch", ylabel="NDCG@10")
+    """One panel per curve; the validation panel marks the epoch kept."""
+    series = curves(history)
+    count = max(len(series), 1)
+    cols = min(3, count)
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.3 * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (name, values) in zip(flat, series.items(), strict=False):
+        ax.plot(range(1, len(values) + 1), values, marker=".", color="tab:green" if name == VALIDATION else None)
+        ax.set(title=name.replace("_", " "), xlabel="epoch")
+        if name == VALIDATION and history.get("best_epoch"):
+            ax.axvline(history["best_epoch"], color="grey", linestyle="--", label=f"kept: epoch {history['best_epoch']}")
+            ax.legend()
+    for ax in flat[len(series):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_id_lengths(histogram: dict, path: Path) -> Path:
+def plot_id_lengths(textual_ids: Sequence[str], path: Path) -> Path:
+    lengths = Counter(len(t.split(" ")) for t in textual_ids)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    lengths = sorted(int(k) for k in histogram)
-    ax.bar(lengths, [histogram[k] if k in histogram else histogram[str(k)] for k in lengths])
+    ax.bar(sorted(lengths), [lengths[n] for n in sorted(lengths)])
     ax.set(title="textual ID length", xlabel="words", ylabel="items")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -54,24 +74,25 @@ def plot_id_lengths(histogram: dict, path: Path) -> Path:
     return path
 
 
-def write_report(path: Path, *, title: str, evaluation: dict, id_stats: dict, history: dict, timings: dict, examples: list[tuple[str, str]]) -> Path:
+def write_report(
+    path: Path, *, title: str, label: str, evaluation: dict, id_stats: dict, history: dict, timings: dict,
+    examples: Sequence[tuple[str, str]], sections: Sequence[str] = (),
+) -> Path:
     parts = [f"# {title}", ""]
-    parts += ["## Test (leave-one-out, full ranking, history excluded)", "", metrics_table(evaluation, "test"), ""]
-    parts += ["## Validation", "", metrics_table(evaluation, "valid"), ""]
+    parts += ["## Test (leave-one-out, full ranking, history excluded)", "", metrics_table(evaluation, "test", label), ""]
+    parts += ["## Validation", "", metrics_table(evaluation, "valid", label), ""]
+    parts += list(sections)
     parts += ["## Textual IDs", ""]
-    for key in ("items", "mean_words", "max_words", "mean_tokens", "max_tokens", "raised_penalty", "raised_length", "suffixed"):
-        if key in id_stats:
-            value = id_stats[key]
+    for key, value in id_stats.items():
+        if isinstance(value, int | float):
             parts.append(f"- {key.replace('_', ' ')}: {value:.2f}" if isinstance(value, float) else f"- {key.replace('_', ' ')}: {value}")
     parts += ["", "Examples:", ""] + [f"- `{tid}` <- {text}" for tid, text in examples] + [""]
     parts += ["## Training", ""]
-    if history.get("valid_ndcg@10"):
-        parts.append("| epoch | loss | valid NDCG@10 |")
-        parts.append("|---|---|---|")
-        for i, (loss, ndcg) in enumerate(zip(history["loss"], history["valid_ndcg@10"], strict=False), 1):
-            parts.append(f"| {i} | {loss:.4f} | {ndcg:.4f} |")
-        parts.append(f"\nBest epoch kept: {history.get('best_epoch')}\n")
-    parts += ["## Time (seconds)", ""] + [f"- {k}: {v:.1f}" for k, v in timings.items()] + [""]
+    for name, values in curves(history).items():
+        parts.append(f"- {name}: " + ", ".join(f"{v:.4f}" for v in values))
+    if history.get("best_epoch"):
+        parts.append(f"- epoch kept (best validation NDCG@10): {history['best_epoch']}")
+    parts += ["", "## Time (seconds)", ""] + [f"- {k}: {v:.1f}" for k, v in timings.items()] + [""]
     parts += ["![training](training.png)", "", "![ID lengths](id_lengths.png)", ""]
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -1,4 +1,5 @@
-"""Training the shared tokenizer on the catalog text and the prompt templates."""
+"""Training the tokenizer on a corpus (the catalog text and whatever prompt words the method
+adds: `Trainer.tokenizer_corpus`)."""
 
 from collections.abc import Iterable
 from pathlib import Path
@@ -7,7 +8,6 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from genrec.errors import ConfigError
-from genrec.prompts import HISTORY_SEPARATOR, TRAIN_TEMPLATES
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5
 
@@ -24,9 +24,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
     tokenizer.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    corpus = list(texts) + [t.replace("{user_id}", "").replace("{history}", "") for t in TRAIN_TEMPLATES]
-    corpus.append(HISTORY_SEPARATOR)
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    tokenizer.train_from_iterator(list(texts), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     )

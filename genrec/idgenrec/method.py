@@ -100,6 +100,10 @@ class IdGenRec(Method):
                 self._user_ids.update(fresh)
         return found
 
+    def clear_user_ids(self) -> None:
+        """Forget the user IDs memoised without a cache (training: the generator changed)."""
+        self._user_ids.clear()
+
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
         with torch.inference_mode():
             minted, _stats = mint_ids(

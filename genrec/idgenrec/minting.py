@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ..diverse_beam import WordConstraint, diverse_beam_search
 from ..errors import IdExhaustedError
 from ..textual_ids import MintedId, canonical_id, normalize_textual_id
-from ..tokenization import encode_text, encode_texts
+from ..tokenization import encode_texts
 
 
 @dataclass

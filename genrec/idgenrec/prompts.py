@@ -91,3 +91,9 @@ def _history_length(history_ids: list[list[int]], separator_length: int) -> int:
     if not history_ids:
         return 0
     return sum(len(item) for item in history_ids) + separator_length * (len(history_ids) - 1)
+
+
+def prompt_corpus() -> list[str]:
+    """The templates' words and the history separator: added to the tokenizer's corpus so that
+    they are whole tokens (prompts stay short)."""
+    return [t.replace("{user_id}", "").replace("{history}", "") for t in TRAIN_TEMPLATES] + [HISTORY_SEPARATOR]

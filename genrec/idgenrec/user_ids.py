@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..beam_search import pad_batch
-from .prompts import HISTORY_SEPARATOR
 from ..textual_ids import normalize_textual_id
 from ..tokenization import encode_text
+from .prompts import HISTORY_SEPARATOR
 
 DEFAULT_MAX_WORDS = 4
 

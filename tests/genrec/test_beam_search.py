@@ -8,8 +8,9 @@ import torch
 
 from genrec.beam_search import constrained_beam_search, pad_batch, reference_generate_topk
 from genrec.errors import UnknownItemError
+from genrec.idgenrec.prompts import prompt_corpus
+from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.modeling import ModelConfig, build_t5
-from genrec.recommend import IdGenRecRecommender
 from genrec.trie import TextualIdTrie
 from training.tokenizer_training import train_tokenizer
 
@@ -29,7 +30,7 @@ NUM_IDS = 40
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(SENTENCES, vocab_size=60)
+    return train_tokenizer(SENTENCES + prompt_corpus(), vocab_size=60)
 
 
 @pytest.fixture(scope="module", params=["random", "trained"])

@@ -8,6 +8,7 @@ from genrec.bundle import (
     FORMAT_VERSION,
     BundleItem,
     load_bundle,
+    load_method,
     read_items,
     read_manifest,
     update_bundle_files,
@@ -16,6 +17,8 @@ from genrec.bundle import (
     write_bundle,
 )
 from genrec.errors import BundleError
+from genrec.idgenrec.method import IdGenRec
+from genrec.idgenrec.prompts import prompt_corpus
 from genrec.modeling import ModelConfig, build_t5
 from genrec.tokenization import encode_textual_id
 from training.tokenizer_training import train_tokenizer
@@ -32,7 +35,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(SENTENCES, vocab_size=60)
+    return train_tokenizer(SENTENCES + prompt_corpus(), vocab_size=60)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +110,10 @@ def test_round_trip(bundle, tokenizer, models, items):
     assert "items.jsonl" in m["files"]
     assert "manifest.json" not in m["files"]
     assert any(f.startswith("tokenizer/") for f in m["files"])
-    assert not loaded.recommender.training and not loaded.id_generator.training
-    for name, model in (("recommender", loaded.recommender), ("id_generator", loaded.id_generator)):
+    method = load_method(loaded)
+    assert isinstance(method, IdGenRec)
+    assert not method.recommender_model.training and not method.id_generator.training
+    for name, model in (("recommender", method.recommender_model), ("id_generator", method.id_generator)):
         assert torch.allclose(_logits(model, tokenizer), _logits(models[name], tokenizer), atol=1e-6)
     text = "the blue lamp of item number 3"
     assert loaded.tokenizer.encode(text) == tokenizer.encode(text)
@@ -118,10 +123,12 @@ def test_round_trip(bundle, tokenizer, models, items):
     assert _siblings(bundle) == []  # no temp dir left behind
 
 
-def test_load_without_models(bundle, items):
-    loaded = load_bundle(bundle, load_models=False)
-    assert loaded.recommender is None and loaded.id_generator is None
+def test_a_method_without_its_model_folders_is_refused(bundle, tokenizer, models, items, tmp_path):
+    out = _write(tmp_path / "b", tokenizer, {"recommender": models["recommender"]}, items)
+    loaded = load_bundle(out)  # the bundle itself reads: its models are the method's business
     assert loaded.items == items
+    with pytest.raises(BundleError, match="id_generator"):
+        load_method(loaded)
 
 
 def test_cllm4rec_kind_extra_dirs_and_files(tmp_path, tokenizer, models, items):
@@ -144,7 +151,8 @@ def test_cllm4rec_kind_extra_dirs_and_files(tmp_path, tokenizer, models, items):
     assert {"llm/weights.bin", "report.md"} <= set(manifest["files"])
     loaded = load_bundle(out)
     assert loaded.kind == "cllm4rec"
-    assert loaded.recommender is None and loaded.id_generator is None
+    with pytest.raises(BundleError, match="cllm4rec/"):
+        load_method(loaded)  # its model folder is missing
 
 
 def test_unknown_kind_refused_on_write(tmp_path, tokenizer, items):
@@ -166,7 +174,7 @@ def test_flipped_byte_in_safetensors(bundle):
     with pytest.raises(BundleError, match="recommender/model.safetensors"):
         load_bundle(bundle)
     # verify=False skips the checksums
-    load_bundle(bundle, verify=False, load_models=False)
+    load_bundle(bundle, verify=False)
 
 
 def test_deleted_listed_file(bundle):
@@ -218,7 +226,7 @@ def test_malformed_items_line(bundle):
     with pytest.raises(BundleError, match="items.jsonl line 3"):
         read_items(bundle)
     with pytest.raises(BundleError, match="items.jsonl line 3"):
-        load_bundle(bundle, load_models=False)
+        load_bundle(bundle)
 
 
 def test_items_missing_field(tmp_path):
@@ -270,7 +278,7 @@ def test_failed_rewrite_keeps_old_bundle(bundle, tokenizer, models, items):
     after = verify_bundle(bundle)
     assert after == before
     assert _siblings(bundle) == []  # the temp dir was removed
-    assert load_bundle(bundle, load_models=False).items == items
+    assert load_bundle(bundle).items == items
 
 
 def test_successful_rewrite_replaces(bundle, tokenizer, models, items):
@@ -280,7 +288,6 @@ def test_successful_rewrite_replaces(bundle, tokenizer, models, items):
     assert not (bundle / "id_generator").exists()
     assert _siblings(bundle) == []
     loaded = load_bundle(bundle)
-    assert loaded.id_generator is None and loaded.recommender is not None
     assert len(loaded.items) == 2
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec.cllm4rec import (
+from genrec.cllm4rec.model import (
     IGNORE,
     PROMPT_TEXTS,
     Cllm4RecModel,
@@ -22,9 +22,9 @@ from genrec.cllm4rec import (
     mask_history,
     multinomial_loss,
     recommend_prompt,
-    title_textual_id,
 )
 from genrec.modeling import ModelConfig, build_t5
+from genrec.textual_ids import title_textual_id
 from training.tokenizer_training import train_tokenizer
 
 TINY = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16, dropout_rate=0.0)
@@ -206,15 +206,16 @@ def test_title_textual_ids_are_unique(setup):
 
 
 def test_a_frozen_backbone_does_not_change(setup):
-    from training.cllm4rec_training import _step, make_optimizer
+    from training.loop import fit
 
     _, model, pieces = setup
     model.set_backbone_trainable(False)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    optimizer = make_optimizer(model, 1e-2, 0.0)
-    loss, _ = doc_loss(model, collab_batch(model, pieces, [("1", ["3", "5"])]), "collab", 1.0)
-    _step(model, optimizer, loss, 1.0)
+    tables = [t.weight.detach().clone() for t in model.embedding_tables()]
+    fit(model, epochs=1, examples=lambda epoch: [("1", ["3", "5"])], collate=list, batch_size=1, lr=1e-2,
+        loss=lambda m, docs: doc_loss(m, collab_batch(m, pieces, docs), "collab", 1.0)[0], progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert any(not torch.equal(a, t.weight) for a, t in zip(tables, model.embedding_tables(), strict=True))
 
 
 def test_the_item_head_bias_and_scale_are_used_and_saved(setup, tmp_path):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from genrec.diverse_beam import WordConstraint, diverse_beam_search
-from genrec.minting import item_word_constraint
+from genrec.idgenrec.minting import item_word_constraint
+from genrec.idgenrec.prompts import prompt_corpus
 from genrec.modeling import ModelConfig, build_t5
 from genrec.textual_ids import normalize_textual_id
 from genrec.tokenization import encode_text
@@ -25,7 +26,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(TEXTS, vocab_size=100)
+    return train_tokenizer(TEXTS + prompt_corpus(), vocab_size=100)
 
 
 @pytest.fixture(scope="module")

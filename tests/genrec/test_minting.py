@@ -6,9 +6,10 @@ import pytest
 
 from genrec.diverse_beam import diverse_beam_search
 from genrec.errors import IdExhaustedError
-from genrec.minting import MintConfig, canonical_id, item_word_constraint, mint_ids
+from genrec.idgenrec.minting import MintConfig, item_word_constraint, mint_ids
+from genrec.idgenrec.prompts import prompt_corpus
 from genrec.modeling import ModelConfig, build_t5
-from genrec.textual_ids import normalize_textual_id
+from genrec.textual_ids import canonical_id, normalize_textual_id
 from genrec.tokenization import encode_text
 from training.tokenizer_training import train_tokenizer
 
@@ -37,7 +38,7 @@ SMALL = MintConfig(
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(TEXTS + ["one two three 0 1 2 3 4 5 6 7 8 9 10 11 12"], vocab_size=120)
+    return train_tokenizer(TEXTS + ["one two three 0 1 2 3 4 5 6 7 8 9 10 11 12"] + prompt_corpus(), vocab_size=120)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,13 @@
 
 import pytest
 
-from genrec.prompts import HISTORY_SEPARATOR, TEST_TEMPLATE, TRAIN_TEMPLATES, PromptRenderer
+from genrec.idgenrec.prompts import (
+    HISTORY_SEPARATOR,
+    TEST_TEMPLATE,
+    TRAIN_TEMPLATES,
+    PromptRenderer,
+    prompt_corpus,
+)
 from genrec.textual_ids import id_words, normalize_textual_id
 from genrec.tokenization import encode_text
 from training.tokenizer_training import train_tokenizer
@@ -12,7 +18,7 @@ IDS = ["red shoe", "blue lamp classic", "green book", "small cup", "large bag of
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_tokenizer(IDS + ["user seven", "alice bob"], vocab_size=150)
+    return train_tokenizer(IDS + ["user seven", "alice bob"] + prompt_corpus(), vocab_size=150)
 
 
 def history_tokens(tokenizer, ids=IDS):

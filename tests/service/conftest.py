@@ -16,8 +16,9 @@ import pytest
 import redis
 
 from genrec.bundle import BundleItem, write_bundle
+from genrec.idgenrec.minting import MintConfig
+from genrec.idgenrec.prompts import prompt_corpus
 from genrec.item_text import flatten_item_text, metadata_values_text
-from genrec.minting import MintConfig
 from genrec.modeling import ModelConfig, build_t5
 from genrec.tokenization import encode_textual_id
 from service.app import create_app
@@ -25,8 +26,8 @@ from service.embedded_redis import EmbeddedRedis
 from service.engine import flatten_metadata
 from service.registry import namespace
 from service.settings import Settings
-from training.config import preset
 from training.id_generator import mint_catalog
+from training.presets import preset
 from training.tokenizer_training import train_tokenizer
 
 TINY = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
@@ -60,7 +61,7 @@ def build_tiny_bundle(out: Path) -> Path:
     metadata = [flatten_metadata(m) for m in catalog_metadata()]
     texts = [flatten_item_text(m) for m in metadata]
     vocabulary = [metadata_values_text(m) for m in metadata]
-    tokenizer = train_tokenizer(texts + [EXTRA_TEXT], vocab_size=200)
+    tokenizer = train_tokenizer(texts + [EXTRA_TEXT] + prompt_corpus(), vocab_size=200)
     recommender = build_t5(TINY, tokenizer, seed=0).eval()
     generator = build_t5(TINY, tokenizer, seed=1).eval()
     mint = MintConfig(num_groups=4, penalty_max=3.0, length_steps=1, extra_length=6, batch_size=64)

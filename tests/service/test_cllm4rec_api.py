@@ -10,19 +10,19 @@ import pytest
 import torch
 
 from genrec.bundle import BundleItem, load_bundle, read_items, verify_bundle, write_bundle
-from genrec.cllm4rec import (
+from genrec.cllm4rec.model import (
     MODEL_DIR,
     PROMPT_TEXTS,
     Cllm4RecModel,
     extend_tokenizer,
     load_cllm4rec,
-    title_textual_id,
 )
 from genrec.item_text import flatten_item_text
 from genrec.modeling import build_t5
+from genrec.textual_ids import title_textual_id
 from service.embedded_redis import free_port
 from service.engine import flatten_metadata
-from training.config import preset
+from training.presets import preset
 from training.tokenizer_training import train_tokenizer
 
 from .conftest import EXTRA_TEXT, N_ITEMS, TINY, catalog_metadata, serve

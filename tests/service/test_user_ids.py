@@ -7,7 +7,7 @@ import pytest
 
 import service.engine as engine_module
 from genrec.bundle import load_bundle
-from genrec.user_ids import history_digest
+from genrec.idgenrec.user_ids import history_digest
 from service.catalog import Catalog
 from service.engine import Engine, RecommendJob
 from service.metrics import ServiceMetrics

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from genrec.idgenrec.config import RecommenderConfig
 from genrec.modeling import ModelConfig, build_t5
 from genrec.tokenization import encode_text
-from training.config import RecommenderConfig
 from training.data import SplitData
+from training.loop import distributed_world
 from training.pipeline import init_distributed
 from training.recommender import train_recommender
-from training.seq2seq import distributed_world
 from training.tokenizer_training import train_tokenizer
 
 TINY = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)

@@ -88,7 +88,7 @@ def test_merge_joins_separate_runs_and_refuses_mismatches(ablation, tmp_path):
 def test_rec_first_variant_has_as_many_recommender_phases_and_epochs_as_the_paper_order():
     from training.ablation import variant_configs
     from training.alternate import phase_schedule
-    from training.config import preset
+    from training.presets import preset
 
     base = preset("tiny")
     base.recommender.epochs = 3

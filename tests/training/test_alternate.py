@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import training.alternate as alternate
+from genrec.config import apply_override, config_from_dict
+from genrec.idgenrec.config import AlternateConfig
+from genrec.idgenrec.minting import MintConfig
+from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer, prompt_corpus
+from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.item_text import metadata_values_text
-from genrec.minting import MintConfig
 from genrec.modeling import ModelConfig, build_t5
-from genrec.prompts import TRAIN_TEMPLATES, PromptRenderer
-from genrec.recommend import IdGenRecRecommender
 from genrec.tokenization import encode_text
 from tests.training.test_pipeline import small_config, write_atomic_dataset
 from training.alternate import (
@@ -23,8 +25,8 @@ from training.alternate import (
     phase_schedule,
     train_alternating,
 )
-from training.config import AlternateConfig, apply_override, config_from_dict, preset
 from training.data import SplitData, load_dataset
+from training.presets import preset
 from training.recommender import render_examples, training_pairs
 from training.soft_ids import greedy_soft_decode, insert_soft_ids, soft_id_embeddings, soft_id_probabilities
 from training.tokenizer_training import train_tokenizer
@@ -42,7 +44,7 @@ def world(tmp_path_factory):
     item_ids = list(dataset.catalog.items)
     texts = [dataset.item_text[i] for i in item_ids]
     vocabulary = [metadata_values_text(dataset.catalog.items[i]) for i in item_ids]
-    tokenizer = train_tokenizer(texts, 200)
+    tokenizer = train_tokenizer(texts + prompt_corpus(), 200)
     generator = build_t5(TINY, tokenizer, seed=1)
     ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary, MINT, progress=False)
     return dict(dataset=dataset, item_ids=item_ids, texts=texts, vocabulary=vocabulary, tokenizer=tokenizer, ids=ids)

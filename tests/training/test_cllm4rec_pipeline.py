@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from genrec.bundle import load_bundle, verify_bundle
-from genrec.cllm4rec import MODEL_DIR, load_cllm4rec
+from genrec.cllm4rec.model import MODEL_DIR, load_cllm4rec
+from genrec.config import apply_override
 from training.cli import main as cli_main
-from training.cllm4rec_training import PROTOCOL_KEY, holdout_split
-from training.config import apply_override, preset
 from training.data import load_dataset
+from training.methods.cllm4rec import PROTOCOL_KEY, holdout_split
+from training.presets import preset
 
 from .test_pipeline import write_atomic_dataset
 
@@ -81,8 +82,9 @@ def test_config_kind_and_presets():
 
 
 def test_fine_tuning_makes_several_masked_views_per_user(monkeypatch):
-    import training.cllm4rec_training as ct
-    from training.config import Cllm4RecConfig
+    import training.methods.cllm4rec as ct
+
+    from genrec.cllm4rec.config import Cllm4RecConfig
 
     seen: list[list] = []
 

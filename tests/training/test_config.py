@@ -1,13 +1,16 @@
-"""training/config.py: presets, command-line overrides, round trip through a manifest dict."""
+"""genrec/config.py and training/presets.py: presets, command-line overrides, the method's own
+sections, round trip through a manifest dict."""
 
 import json
 
 import pytest
 
+from genrec.config import TrainConfig, apply_override, config_from_dict
+from genrec.registry import config_class
 from genrec.errors import ConfigError
-from genrec.minting import MintConfig
+from genrec.idgenrec.minting import MintConfig
 from genrec.modeling import ModelConfig
-from training.config import PRESETS, TrainConfig, apply_override, config_from_dict, preset
+from training.presets import PRESETS, preset
 
 
 def test_presets_exist():
@@ -16,12 +19,40 @@ def test_presets_exist():
         config = preset(name)
         assert isinstance(config, TrainConfig)
         assert config.name == name
+        assert isinstance(config.method, config_class(config.kind))
+        assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for name in ("tiny", "ml100k"):
+        config = preset(name)
         assert isinstance(config.recommender.model, ModelConfig)
         assert isinstance(config.generator.mint, MintConfig)
         # The two T5s must share one vocabulary, not one config object.
         assert config.generator.model is not config.recommender.model
     with pytest.raises(ConfigError, match="tiny"):
         preset("no-such-preset")
+
+
+def test_a_config_has_only_its_methods_sections():
+    idgenrec, cllm4rec = preset("tiny"), preset("cllm4rec-tiny")
+    assert "recommender" in idgenrec.to_dict() and "cllm4rec" not in idgenrec.to_dict()
+    assert "cllm4rec" in cllm4rec.to_dict() and "recommender" not in cllm4rec.to_dict()
+    with pytest.raises(AttributeError, match="recommender"):
+        _ = cllm4rec.recommender
+    with pytest.raises(ConfigError, match="recommender.epochs"):
+        apply_override(cllm4rec, "recommender.epochs=3")
+    with pytest.raises(ConfigError, match="preset"):
+        apply_override(idgenrec, "kind=cllm4rec")
+    with pytest.raises(ConfigError, match="takes"):
+        TrainConfig(kind="cllm4rec", method=idgenrec.method)
+    with pytest.raises(ConfigError, match="unknown method kind"):
+        TrainConfig(kind="nope")
+
+
+def test_an_old_manifest_config_with_every_methods_sections_still_reads():
+    """Bundles written before the method interface recorded every method's sections."""
+    old = preset("tiny").to_dict()
+    old["cllm4rec"] = {"finetune_epochs": 3}
+    config = config_from_dict(old)
+    assert config.kind == "idgenrec" and config == preset("tiny")
 
 
 def test_presets_are_fresh_copies():
@@ -117,8 +148,10 @@ def test_config_from_dict_round_trip(name):
     # Through JSON, as in a bundle manifest.
     rebuilt = config_from_dict(json.loads(json.dumps(config.to_dict())))
     assert rebuilt == config
-    assert isinstance(rebuilt.generator.mint, MintConfig)
-    assert isinstance(rebuilt.recommender.model, ModelConfig)
+    assert type(rebuilt.method) is type(config.method)
+    if config.kind == "idgenrec":
+        assert isinstance(rebuilt.generator.mint, MintConfig)
+        assert isinstance(rebuilt.recommender.model, ModelConfig)
 
 
 def test_config_from_dict_after_overrides_and_with_missing_keys():

@@ -8,8 +8,8 @@ import pytest
 from genrec.bundle import load_bundle, verify_bundle
 from genrec.modeling import ModelConfig
 from training.cli import main as cli_main
-from training.config import preset
 from training.pipeline import run
+from training.presets import preset
 
 GENRES = ["action", "comedy", "drama", "horror", "romance", "thriller", "animation", "western"]
 WORDS = ["star", "night", "city", "river", "ghost", "love", "war", "king", "dream", "storm", "blue", "iron"]
