@@ -34,12 +34,9 @@ def setup(args) -> None:
 
 def load_split(bundle):
     """The bundle's dataset split, as training built it."""
-    from training.data import load_dataset
+    from training.pipeline import load_config_dataset
 
-    data = bundle.config.get("data", {})
-    return load_dataset(
-        data["dataset"], kcore=data.get("kcore", 5), max_text_chars=data.get("max_text_chars") or 1024
-    )
+    return load_config_dataset(bundle.train_config)
 
 
 def timed(fn, *args, **kwargs):

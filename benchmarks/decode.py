@@ -17,7 +17,7 @@ import time
 import torch
 
 from genrec.beam_search import SearchProfile, constrained_beam_search, pad_batch, reference_generate_topk
-from genrec.bundle import load_bundle
+from genrec.bundle import load_bundle, load_method
 from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.t5_decoding import BeamDecoder, start_tokens
 from genrec.trie import TextualIdTrie
@@ -112,10 +112,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     setup(args)
     bundle = load_bundle(args.bundle)
-    config = bundle.config
-    model, tok = bundle.recommender, bundle.tokenizer
-    beams = max(args.beams or int(config.get("eval", {}).get("num_beams", 10)), args.k)
-    max_history = int(config.get("data", {}).get("max_history", 20))
+    config = bundle.train_config
+    model, tok = load_method(bundle).recommender_model, bundle.tokenizer
+    beams = max(args.beams or config.eval.num_beams, args.k)
+    max_history = config.data.max_history
     trie = TextualIdTrie(
         [i.item_id for i in bundle.items], [i.token_ids for i in bundle.items], tok.eos_token_id
     )
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         tok,
         trie,
         max_history=max_history,
-        max_source_length=int(config.get("recommender", {}).get("max_source_length", 512)),
+        max_source_length=config.recommender.max_source_length,
     )
     split = load_split(bundle).split
     users = split.users[: args.users]

@@ -327,14 +327,14 @@ def run(
     """The whole benchmark; returns its figures and checks (see the module docstring)."""
     from genrec.bundle import load_bundle
 
-    loaded = load_bundle(bundle, load_models=False)
+    loaded = load_bundle(bundle)
     bundle_ids = {item.item_id: item.textual_id for item in loaded.items}
     words = sorted({w for item in loaded.items for w in re.findall(r"[a-z]{3,}", item.text.lower())})
     rng = random.Random(seed)
     work = Workload(
         catalog_ids=sorted(bundle_ids),
         words=words,
-        max_history=int(loaded.config.get("data", {}).get("max_history", 20)),
+        max_history=loaded.train_config.data.max_history,
         k=k,
         token=secrets.token_urlsafe(16),
         rng=rng,

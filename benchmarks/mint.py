@@ -8,10 +8,9 @@ from dataclasses import replace
 
 import torch
 
-from genrec.bundle import load_bundle
-from genrec.item_text import metadata_values_text
+from genrec.bundle import load_bundle, load_method
 from genrec.idgenrec.minting import MintConfig
-from service.engine import mint_config_from
+from genrec.item_text import metadata_values_text
 from training.id_generator import mint_catalog
 
 from .common import load_split, parser, plot_path, print_table, pyplot, setup, write_json
@@ -30,10 +29,10 @@ def main(argv=None) -> dict:
     item_ids = list(dataset.catalog.items)[: args.items]
     texts = [dataset.item_text[i] for i in item_ids]
     vocabulary = [metadata_values_text(dataset.catalog.items[i]) for i in item_ids]
-    config: MintConfig = mint_config_from(bundle.config.get("generator", {}).get("mint", {}))
+    config: MintConfig = bundle.train_config.generator.mint
     batched_config = replace(config, batch_size=args.batch or config.batch_size)
     single_config = replace(config, batch_size=1)
-    model, tok = bundle.id_generator, bundle.tokenizer
+    model, tok = load_method(bundle).id_generator, bundle.tokenizer
 
     mint_catalog(model, tok, texts[:4], vocabulary[:4], batched_config, progress=False)  # warm-up
     runs = {}

@@ -86,9 +86,9 @@ async def drive(url: str, bodies: list[dict], concurrency: int) -> dict:
 
 def request_bodies(bundle_path: Path, count: int, k: int, seed: int = 0) -> list[dict]:
     """`count` recommendation requests: test histories of random users of the bundle's split."""
-    bundle = load_bundle(bundle_path, load_models=False)
+    bundle = load_bundle(bundle_path)
     split = load_split(bundle).split
-    max_history = int(bundle.config.get("data", {}).get("max_history", 20))
+    max_history = bundle.train_config.data.max_history
     rng = random.Random(seed)
     return [
         {"history": split.history(rng.choice(split.users), "test", max_history), "k": k, "exclude_history": True}

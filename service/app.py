@@ -30,7 +30,7 @@ from genrec.errors import StoreUnavailableError
 from .batching import BatcherClosed, MicroBatcher
 from .catalog import Catalog, EventFollower
 from .embedded_redis import EmbeddedRedis
-from .engine import Engine, MintJob, MintResult, RecommendJob, create_engine, texts_for
+from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
 from .errors import ApiError, ErrorResponse, install_error_handlers, invalid
 from .metrics import ServiceMetrics
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
@@ -125,7 +125,7 @@ class ServiceState:
             catalog_name = s.catalog or default_catalog(self.bundle)
             self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id,
                                      lookup_timeout_s=s.redis_lookup_timeout_s)
-            self.engine = create_engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
+            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
             events, last_id = await self.registry.load_events()

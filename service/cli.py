@@ -14,8 +14,9 @@ import sys
 
 from pydantic import ValidationError
 
-from genrec.bundle import KINDS, read_manifest, verify_bundle
+from genrec.bundle import read_manifest, verify_bundle
 from genrec.errors import BundleError
+from genrec.registry import kinds
 
 
 def _settings_error(exc: ValidationError) -> str:
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = verify_bundle(settings.bundle) if settings.verify_bundle else read_manifest(settings.bundle)
-        if manifest.get("kind") not in KINDS:
-            raise BundleError(f"the service serves {' and '.join(KINDS)} bundles; {settings.bundle} is "
+        if manifest.get("kind") not in kinds():
+            raise BundleError(f"the service serves {', '.join(kinds())} bundles; {settings.bundle} is "
                               f"{manifest.get('kind')!r}")
     except BundleError as exc:
         print(f"genrec-serve: bad bundle: {exc}", file=sys.stderr)

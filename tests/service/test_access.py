@@ -168,7 +168,7 @@ def boom(*_args, **_kwargs):
 
 async def test_a_failing_decode_is_a_generic_500_with_a_request_id(served, monkeypatch, caplog):
     app, client = served
-    monkeypatch.setattr(app.state.service.engine.recommender, "recommend", boom)
+    monkeypatch.setattr(app.state.service.engine.method, "recommend", boom)
     with caplog.at_level(logging.ERROR, logger="service"):
         response = await client.post("/v1/recommendations", json={"history": ["m1"], "k": 2})
     request_id = assert_generic_500(response)
@@ -179,7 +179,7 @@ async def test_a_failing_decode_is_a_generic_500_with_a_request_id(served, monke
 async def test_a_failing_mint_is_a_generic_500_and_leaves_nothing_in_redis(served, namespace_keys, monkeypatch):
     _app, client = served
     before = namespace_keys()
-    monkeypatch.setattr("service.engine.mint_ids", boom)
+    monkeypatch.setattr("genrec.idgenrec.method.mint_ids", boom)
     body = {"item_id": "fails-1", "metadata": {"title": "fresh entry"}}
     response = await client.post("/v1/items", json=body, headers={"authorization": f"Bearer {TOKEN}"})
     assert_generic_500(response)

@@ -9,7 +9,8 @@ import httpx
 import pytest
 import torch
 
-from genrec.bundle import BundleItem, load_bundle, read_items, verify_bundle, write_bundle
+from genrec.bundle import BundleItem, load_bundle, load_method, read_items, verify_bundle, write_bundle
+from genrec.cllm4rec.method import Cllm4Rec
 from genrec.cllm4rec.model import (
     MODEL_DIR,
     PROMPT_TEXTS,
@@ -66,7 +67,9 @@ def test_cllm4rec_bundle_round_trips(cllm_bundle_path):
     assert manifest["kind"] == "cllm4rec"
     assert any(name.startswith(f"{MODEL_DIR}/backbone/") for name in manifest["files"])
     bundle = load_bundle(cllm_bundle_path)
-    assert bundle.kind == "cllm4rec" and bundle.recommender is None
+    assert bundle.kind == "cllm4rec"
+    method = load_method(bundle)
+    assert isinstance(method, Cllm4Rec) and not method.new_items_recommendable
     model = load_cllm4rec(cllm_bundle_path / MODEL_DIR)
     assert model.item_ids == [i.item_id for i in bundle.items] and model.user_ids == USERS
     tok = bundle.tokenizer  # the saved tokenizer keeps the atomic tokens

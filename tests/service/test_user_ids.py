@@ -1,11 +1,11 @@
-"""Textual user IDs in the service (SPEC 1.5): built from the request's history with the
+"""Textual user IDs in the service (docs/methods.md, "Textual user IDs"): built from the request's history with the
 bundle's generator, cached in Redis under `uid:{sha1 of the history}`."""
 
 from __future__ import annotations
 
 import pytest
 
-import service.engine as engine_module
+import genrec.idgenrec.method as method_module
 from genrec.bundle import load_bundle
 from genrec.idgenrec.user_ids import history_digest
 from service.catalog import Catalog
@@ -36,19 +36,23 @@ def make_engine(bundle_path, registry, user_ids=True):
 
 def test_user_ids_come_from_the_history_and_are_cached(bundle_path, registry, monkeypatch):
     engine = make_engine(bundle_path, registry)
-    assert engine.uses_user_ids
+    assert engine.method.uses_user_ids
     calls = []
-    real = engine_module.generate_user_ids
-    monkeypatch.setattr(engine_module, "generate_user_ids", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = method_module.generate_user_ids
+    monkeypatch.setattr(method_module, "generate_user_ids", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+
+    def user_ids(jobs):
+        return engine.method.user_id_tokens([job.query() for job in jobs], engine.catalog.trie, engine.cache)
+
     jobs = [RecommendJob(("m1", "m2", "m3"), 5, True), RecommendJob(("m4",), 5, True, user_id="ignored")]
-    first = engine.user_id_tokens_batch(jobs)
+    first = user_ids(jobs)
     assert calls == [2] and all(isinstance(t, list) for t in first)
     trie = engine.catalog.trie
     digest = history_digest([list(trie.sequence(trie.index_of(i))[:-1]) for i in ("m1", "m2", "m3")])
     assert registry.get_user_ids_sync([digest])[0] == first[0]
     assert len(cached_digests(registry)) == 2
     # Cached: the same histories generate nothing; a new one is generated alone.
-    again = engine.user_id_tokens_batch(jobs + [RecommendJob(("m5", "m6"), 5, True)])
+    again = user_ids(jobs + [RecommendJob(("m5", "m6"), 5, True)])
     assert again[:2] == first and calls == [2, 1]
     assert len(cached_digests(registry)) == 3
     # The prompt carries the user ID, and recommending works with it.
@@ -58,8 +62,9 @@ def test_user_ids_come_from_the_history_and_are_cached(bundle_path, registry, mo
 
 def test_no_user_ids_when_the_bundle_has_none(bundle_path, registry):
     engine = make_engine(bundle_path, registry, user_ids=False)
-    assert not engine.uses_user_ids
-    assert engine.user_id_tokens(RecommendJob(("m1",), 5, True)) is None
+    assert not engine.method.uses_user_ids
+    results = engine.recommend_batch([RecommendJob(("m1",), 5, True)])
+    assert not isinstance(results[0], Exception) and len(results[0]) == 5
     assert cached_digests(registry) == set()
 
 

@@ -83,7 +83,6 @@ def test_config_kind_and_presets():
 
 def test_fine_tuning_makes_several_masked_views_per_user(monkeypatch):
     import training.methods.cllm4rec as ct
-
     from genrec.cllm4rec.config import Cllm4RecConfig
 
     seen: list[list] = []

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from genrec.config import TrainConfig, apply_override, config_from_dict
-from genrec.registry import config_class
 from genrec.errors import ConfigError
 from genrec.idgenrec.minting import MintConfig
 from genrec.modeling import ModelConfig
+from genrec.registry import config_class
 from training.presets import PRESETS, preset
 
 
