@@ -1,4 +1,4 @@
-"""Item metadata as text: the generator's input (SPEC 1.1) and the words an ID may use."""
+"""Item metadata as text: the generator's input (docs/methods.md, "IDGenRec") and the words an ID may use."""
 
 import re
 from collections.abc import Mapping
@@ -21,7 +21,7 @@ def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None)
 
     Title-like fields lead (the ID generator should see the name first); raw field names are made
     readable (ml-100k's movie_title/release_year/class); whitespace is collapsed; empty values are
-    skipped. ``max_chars`` truncates the result (SPEC 1.1: the reference truncates item text).
+    skipped. ``max_chars`` truncates the result (docs/methods.md, "IDGenRec": item text is truncated).
     """
     if max_chars is not None and max_chars < 1:
         raise ConfigError(f"max_chars must be >= 1 or None, got {max_chars}")

@@ -1,4 +1,4 @@
-"""Ablation of alternate training and user IDs (SPEC 1.4, 1.5):
+"""Ablation of alternate training and user IDs (docs/methods.md, "Alternate training" and "Textual user IDs"):
 
     python -m training.ablation --config ml100k --out runs/ablation [--rounds 3] [--set key=value ...]
 

@@ -1,4 +1,4 @@
-"""Loading interaction logs and item metadata, and the paper's evaluation split (SPEC 1.1, 1.6, 3).
+"""Loading interaction logs and item metadata, and the paper's evaluation split (docs/methods.md, "Evaluation protocol").
 
 Two input formats are read: RecBole atomic files (MovieLens-100K ships inside the ``recbole``
 package) and the Amazon review/metadata JSON-lines files that the papers use. Both end up as the
@@ -81,7 +81,7 @@ class Catalog:
 
 @dataclass
 class SplitData:
-    """Leave-one-out split (SPEC 1.6): train = all but the last two, valid = 2nd to last, test = last."""
+    """Leave-one-out split (docs/methods.md, "Evaluation protocol"): train = all but the last two, valid = 2nd to last, test = last."""
 
     train: dict[str, list[str]]
     valid: dict[str, str]
@@ -91,7 +91,7 @@ class SplitData:
         """Items a prompt may see when predicting ``split``, the last ``max_len`` of them.
 
         'valid' sees only the training part; 'test' sees the training part plus the valid item.
-        The target itself is never included, so evaluation cannot leak the answer (SPEC 1.5).
+        The target itself is never included, so evaluation cannot leak the answer (docs/methods.md, "Textual user IDs").
         """
         if split not in ("valid", "test"):
             raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
@@ -433,7 +433,7 @@ def build_sequences(interactions: list[Interaction]) -> dict[str, list[str]]:
 
 
 def leave_one_out(sequences: dict[str, list[str]]) -> SplitData:
-    """SPEC 1.6 split; users with fewer than 3 items are dropped (no train/valid/test triple)."""
+    """The leave-one-out split; users with fewer than 3 items are dropped (no train/valid/test triple)."""
     train: dict[str, list[str]] = {}
     valid: dict[str, str] = {}
     test: dict[str, str] = {}
@@ -528,7 +528,7 @@ def _load_source(name: str, data_dir: Path | None) -> tuple[Catalog, list[Intera
 def load_dataset(
     name: str, data_dir: Path | None = None, kcore: int = 5, max_text_chars: int = 1024
 ) -> Dataset:
-    """Load, k-core filter, sort by time, split leave-one-out and flatten item text (SPEC 1.6).
+    """Load, k-core filter, sort by time, split leave-one-out and flatten item text (docs/methods.md, "Evaluation protocol").
 
     ``name`` is a RecBole atomic name ('ml-100k', read from the recbole package unless
     ``data_dir`` is given) or 'amazon:<Category>' (needs ``data_dir``); a ``data_dir`` holding

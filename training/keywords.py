@@ -1,4 +1,4 @@
-"""Warm-up targets for the ID generator: an item's most distinctive words (SPEC 1.2).
+"""Warm-up targets for the ID generator: an item's most distinctive words (docs/methods.md, "IDGenRec").
 
 No tag-generation T5 can be downloaded here, so the generator first learns to turn
 metadata into a few salient words: the title's words first, then the words of the other

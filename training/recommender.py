@@ -17,7 +17,7 @@ from .seq2seq import Example, collate, seq2seq_loss
 
 
 def training_pairs(split: SplitData, max_history: int, max_prefixes_per_user: int | None) -> list[tuple[str, list[str], str]]:
-    """(user, history, target) for every prefix of every user's training part (SPEC 1.3)."""
+    """(user, history, target) for every prefix of every user's training part (docs/methods.md, "IDGenRec")."""
     pairs = []
     for user, sequence in split.train.items():
         first = 1

@@ -1,4 +1,4 @@
-"""Soft IDs of the ID-generator phase (SPEC 1.4), as plain tensor operations.
+"""Soft IDs of the ID-generator phase (docs/methods.md, "Alternate training"), as plain tensor operations.
 
 The generator decodes an item's ID greedily with gradient; at each position t its
 distribution p_t = softmax(logits_t / temperature) (real probabilities, not the log-probs the

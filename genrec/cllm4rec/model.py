@@ -1,4 +1,4 @@
-"""CLLM4Rec (SPEC 2): a T5 whose vocabulary is extended with one atomic token per user and per
+"""CLLM4Rec (docs/methods.md, "CLLM4Rec"): a T5 whose vocabulary is extended with one atomic token per user and per
 item, used as two LMs (collaborative and content) that share the backbone weights.
 
 Architecture (the simplest faithful mapping of the GPT-2 original onto the project's T5):

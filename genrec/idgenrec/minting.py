@@ -1,4 +1,4 @@
-"""Minting unique textual IDs with the ID generator (the uniqueness loop of SPEC 1.2).
+"""Minting unique textual IDs with the ID generator (the uniqueness loop of docs/design.md, "Minting").
 
 One implementation serves training (the whole catalog, in batches, claiming in a set) and
 the service (new items, claiming in Redis with SET NX): the caller's `claim(textual_id)`

@@ -2,7 +2,7 @@
 
 Prompts are assembled from token segments (template text, item IDs, separators) rather than
 by tokenising one long string, so the exact positions of every history item's ID tokens are
-known: the ID-generator phase (SPEC 1.4) swaps soft embeddings in at exactly those places.
+known: the ID-generator phase (docs/methods.md, "Alternate training") swaps soft embeddings in at exactly those places.
 """
 
 import re

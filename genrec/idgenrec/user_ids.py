@@ -1,4 +1,4 @@
-"""Textual user IDs (SPEC 1.5): the ID generator turns the textual IDs of the items a prompt
+"""Textual user IDs (docs/methods.md, "Textual user IDs"): the ID generator turns the textual IDs of the items a prompt
 may see into a short ID for the user, which fills `{user_id}` in the prompt.
 
 Training and serving share this code. The caller decides which items are visible: the

@@ -1,5 +1,5 @@
-"""Alternate training (SPEC 1.4): soft IDs, the frozen recommender of the ID phase, re-minting
-between phases; textual user IDs (SPEC 1.5) that never see the valid or test item."""
+"""Alternate training (docs/methods.md, "Alternate training"): soft IDs, the frozen recommender of the ID phase, re-minting
+between phases; textual user IDs (docs/methods.md, "Textual user IDs") that never see the valid or test item."""
 
 import dataclasses
 import random
