@@ -16,10 +16,11 @@ import time
 
 import torch
 
-from genrec.beam_search import SearchProfile, constrained_beam_search, pad_batch, reference_generate_topk
+from genrec.beam_search import SearchProfile, constrained_beam_search, reference_generate_topk
 from genrec.bundle import load_bundle, load_method
 from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.t5_decoding import BeamDecoder, start_tokens
+from genrec.tensors import pad_batch
 from genrec.trie import TextualIdTrie
 
 from .common import load_split, mean, parser, plot_path, print_table, pyplot, setup, write_json

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .t5_decoding import BeamDecoder, start_tokens
+from .tensors import pad_batch
 from .trie import TextualIdTrie, TrieTables
 
 _NEG = -1.0e9
@@ -27,17 +28,6 @@ _VALID = -1.0e8  # finished scores at or below this are padding hypotheses, neve
 class ScoredItem:
     item_index: int
     score: float
-
-
-def pad_batch(input_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention_mask) tensors."""
-    width = max(len(x) for x in input_ids)
-    ids = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for row, seq in enumerate(input_ids):
-        ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
 
 
 def first_decoder_step(model, encoder_hidden: torch.Tensor, mask: torch.Tensor):

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .beam_search import first_decoder_step, pad_batch
+from .beam_search import first_decoder_step
+from .tensors import pad_batch
 
 _ALWAYS = -(2**40)  # `need` of EOS: allowed whatever the room
 _FALLBACK = -1.0e30  # score of the fallback EOS column: below any real log-prob, above -inf

@@ -24,6 +24,19 @@ def id_words(textual_id: str) -> list[str]:
     return textual_id.split(" ") if textual_id else []
 
 
+def claim_in(taken: set[str]) -> Callable[[str], bool]:
+    """A `claim` over an in-memory set (training mints a whole catalog this way; the service
+    claims in Redis): True, and the ID is taken, when it was free."""
+
+    def claim(textual_id: str) -> bool:
+        if textual_id in taken:
+            return False
+        taken.add(textual_id)
+        return True
+
+    return claim
+
+
 @dataclass
 class MintedId:
     textual_id: str

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from genrec.beam_search import pad_batch
 from genrec.config import TrainConfig
 from genrec.idgenrec.config import AlternateConfig
 from genrec.idgenrec.minting import MintConfig, MintStats
 from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
 from genrec.idgenrec.user_ids import generate_user_ids
+from genrec.tensors import pad_batch, pad_labels
 from genrec.textual_ids import MintedId
 from genrec.tokenization import encode_text
 from genrec.trie import TextualIdTrie
@@ -262,9 +262,7 @@ def id_phase_loss(
     ]
     embeds = insert_soft_ids(embedding(input_ids), spans, soft)
     targets = [item_tokens[target] + [eos] for _, _, target in batch]
-    labels = torch.full((len(batch), max(map(len, targets))), -100, dtype=torch.long)
-    for row, target in enumerate(targets):
-        labels[row, : len(target)] = torch.as_tensor(target)
+    labels = pad_labels(targets)
     return recommender_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels.to(device)).loss
 
 

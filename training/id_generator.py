@@ -3,7 +3,7 @@
 import torch
 
 from genrec.idgenrec.minting import MintConfig, MintStats, mint_ids
-from genrec.textual_ids import MintedId
+from genrec.textual_ids import MintedId, claim_in
 from genrec.tokenization import encode_text
 
 from .seq2seq import Example, train_epochs
@@ -38,14 +38,7 @@ def mint_catalog(
     model, tokenizer, texts: list[str], vocabulary_texts: list[str], config: MintConfig, progress: bool = True
 ) -> tuple[list[MintedId], MintStats]:
     """Unique IDs for a whole catalog, batched, claimed in an in-memory set."""
-    taken: set[str] = set()
-
-    def claim(candidate: str) -> bool:
-        if candidate in taken:
-            return False
-        taken.add(candidate)
-        return True
-
+    claim = claim_in(set())
     model.eval()
     with torch.inference_mode():
         return mint_ids(model, tokenizer, texts, claim, config, progress=progress, vocabulary_texts=vocabulary_texts)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genrec.beam_search import pad_batch
+from genrec.tensors import pad_batch, pad_labels
 
 from .loop import fit
 
@@ -18,11 +18,7 @@ class Example:
 
 def collate(examples: Sequence[Example], pad_token_id: int) -> dict[str, torch.Tensor]:
     input_ids, attention_mask = pad_batch([e.source for e in examples], pad_token_id)
-    width = max(len(e.target) for e in examples)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, e in enumerate(examples):
-        labels[row, : len(e.target)] = torch.as_tensor(e.target, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad_labels([e.target for e in examples])}
 
 
 def seq2seq_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,19 +4,12 @@
 from collections.abc import Sequence
 
 from genrec.bundle import BundleItem
-from genrec.textual_ids import title_textual_id
+from genrec.textual_ids import claim_in, title_textual_id
 
 
 def title_id_items(tokenizer, item_ids: Sequence[str], texts: Sequence[str]) -> tuple[list[BundleItem], dict]:
     """(bundle items, id_stats): unique IDs claimed in catalog order in an in-memory set."""
-    taken: set[str] = set()
-
-    def claim(textual_id: str) -> bool:
-        if textual_id in taken:
-            return False
-        taken.add(textual_id)
-        return True
-
+    claim = claim_in(set())
     minted = [title_textual_id(tokenizer, text, claim) for text in texts]
     eos = tokenizer.eos_token_id
     items = [BundleItem(i, m.textual_id, list(m.token_ids) + [eos], text)

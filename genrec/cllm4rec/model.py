@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..errors import BundleError
 from ..method import Recommendation
+from ..tensors import IGNORE_INDEX, pad_batch
 from ..tokenization import encode_text
 
 LMS = ("collab", "content")
@@ -47,7 +48,6 @@ COLLAB_PROMPT = "has interacted with"
 CONTENT_PROMPT = "is described as:"
 RECOMMEND_PROMPT = "will interact with"
 PROMPT_TEXTS = (COLLAB_PROMPT, CONTENT_PROMPT, RECOMMEND_PROMPT, ",")
-IGNORE = -100
 MODEL_DIR = "cllm4rec"  # the bundle folder of the model
 
 
@@ -268,7 +268,7 @@ class PromptPieces:
 class DocBatch:
     """Encoder prompt, decoder input (start token + main text shifted right) and labels.
 
-    labels hold item indices (collaborative) or word ids (content), IGNORE on padding; the
+    labels hold item indices (collaborative) or word ids (content), IGNORE_INDEX on padding; the
     prompt never appears in them, so the loss is on the main text only.
     """
 
@@ -281,20 +281,10 @@ class DocBatch:
     items: torch.Tensor  # item indices likewise
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def _doc_batch(model: Cllm4RecModel, prompts, main_dec, labels, users, items, pad) -> DocBatch:
-    enc_ids, enc_mask = _pad(prompts, pad)
-    dec_ids, dec_mask = _pad(main_dec, pad)
-    lab, _ = _pad(labels, IGNORE)
+    enc_ids, enc_mask = pad_batch(prompts, pad)
+    dec_ids, dec_mask = pad_batch(main_dec, pad)
+    lab, _ = pad_batch(labels, IGNORE_INDEX)
     return DocBatch(enc_ids, enc_mask, dec_ids, dec_mask, lab,
                     torch.tensor(sorted(set(users)), dtype=torch.long),
                     torch.tensor(sorted(set(items)), dtype=torch.long))
@@ -336,7 +326,7 @@ def doc_loss(model: Cllm4RecModel, batch: DocBatch, lm: str, reg_lambda: float) 
     lambda * ||z_lm - sg(z_other)||^2 over the users and items of the batch."""
     hidden = model.decode_hidden(batch.enc_ids, batch.enc_mask, batch.dec_ids, batch.dec_mask, lm)
     logits = model.item_logits(hidden, lm) if lm == "collab" else model.vocab_logits(hidden)
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.labels.reshape(-1), ignore_index=IGNORE)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.labels.reshape(-1), ignore_index=IGNORE_INDEX)
     reg = mutual_regularization(model, lm, batch.users, batch.items)
     loss = nll + reg_lambda * reg
     return loss, {"nll": float(nll.detach()), "reg": float(reg.detach())}
@@ -397,7 +387,7 @@ def finetune_batch(model: Cllm4RecModel, pieces: PromptPieces, examples: Sequenc
                    max_items: int) -> RecBatch:
     """examples: (user or None, kept items, held-out items) -> prompts and the multi-hot targets."""
     prompts = [recommend_prompt(model, pieces, user, kept, max_items) for user, kept, _ in examples]
-    enc_ids, enc_mask = _pad(prompts, pieces.pad)
+    enc_ids, enc_mask = pad_batch(prompts, pieces.pad)
     targets = torch.zeros((len(examples), model.num_items))
     for row, (_, _, held) in enumerate(examples):
         for item in held:
@@ -426,7 +416,7 @@ class Cllm4RecRecommender:
         users = list(users) if users is not None else [None] * len(histories)
         prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
                    for u, h in zip(users, histories, strict=True)]
-        enc_ids, enc_mask = _pad(prompts, self.pieces.pad)
+        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad)
         return self.model.score_items(enc_ids, enc_mask)
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int, *, users: Sequence[str | None] | None = None,

@@ -10,10 +10,9 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
-from tqdm.auto import tqdm
-
 from ..diverse_beam import WordConstraint, diverse_beam_search
 from ..errors import IdExhaustedError
+from ..progress import progress_bar
 from ..textual_ids import MintedId, canonical_id, normalize_textual_id
 from ..tokenization import encode_texts
 
@@ -77,7 +76,7 @@ def mint_ids(
     fallback: list[str] = [""] * len(texts)
     state = {i: (config.penalty_start, config.min_length_start, 0) for i in range(len(texts))}
     stats = MintStats(items=len(texts))
-    bar = tqdm(total=len(texts), desc="minting IDs", disable=not progress, leave=False)
+    bar = progress_bar(total=len(texts), desc="minting IDs", enabled=progress, unit="item")
     was_raised_penalty: set[int] = set()
     was_raised_length: set[int] = set()
     while state:

@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from ..beam_search import pad_batch
+from ..progress import progress_bar
+from ..tensors import pad_batch
 from ..textual_ids import normalize_textual_id
 from ..tokenization import encode_text
 from .prompts import HISTORY_SEPARATOR
@@ -66,7 +66,7 @@ def generate_user_ids(
     try:
         with torch.inference_mode():
             starts = range(0, len(todo), batch_size)
-            for start in tqdm(starts, desc="user IDs", unit="batch", disable=not progress, leave=False):
+            for start in progress_bar(starts, desc="user IDs", unit="batch", enabled=progress):
                 batch = todo[start : start + batch_size]
                 ids, mask = pad_batch(
                     [user_id_source(tokenizer, histories[i], max_source_length) for i in batch], tokenizer.pad_token_id

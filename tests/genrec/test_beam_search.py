@@ -6,11 +6,12 @@ import random
 import pytest
 import torch
 
-from genrec.beam_search import constrained_beam_search, pad_batch, reference_generate_topk
+from genrec.beam_search import constrained_beam_search, reference_generate_topk
 from genrec.errors import UnknownItemError
 from genrec.idgenrec.prompts import prompt_corpus
 from genrec.idgenrec.recommender import IdGenRecRecommender
 from genrec.modeling import ModelConfig, build_t5
+from genrec.tensors import pad_batch
 from genrec.trie import TextualIdTrie
 from training.tokenizer_training import train_tokenizer
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from genrec.cllm4rec.model import (
-    IGNORE,
     PROMPT_TEXTS,
     Cllm4RecModel,
     Cllm4RecRecommender,
@@ -24,7 +23,8 @@ from genrec.cllm4rec.model import (
     recommend_prompt,
 )
 from genrec.modeling import ModelConfig, build_t5
-from genrec.textual_ids import title_textual_id
+from genrec.tensors import IGNORE_INDEX
+from genrec.textual_ids import claim_in, title_textual_id
 from training.tokenizer_training import train_tokenizer
 
 TINY = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16, dropout_rate=0.0)
@@ -111,7 +111,7 @@ def test_the_loss_is_on_the_main_text_only(setup):
     tokenizer, model, pieces = setup
     batch = collab_batch(model, pieces, [("2", ["4", "1", "9"]), ("17", ["6"])])
     # Labels: the item indices of the main text, nothing of the prompt, padding ignored.
-    assert batch.labels.tolist() == [[3, 0, 8], [5, IGNORE, IGNORE]]
+    assert batch.labels.tolist() == [[3, 0, 8], [5, IGNORE_INDEX, IGNORE_INDEX]]
     assert batch.enc_ids[0, 0] == model.user_token_id("2")
     assert batch.dec_ids[0].tolist() == [model.decoder_start_id, model.item_token_id("4"), model.item_token_id("1")]
     hidden = model.decode_hidden(batch.enc_ids, batch.enc_mask, batch.dec_ids, batch.dec_mask, "collab")
@@ -190,13 +190,7 @@ def test_save_and_load_round_trip(setup, tmp_path):
 
 def test_title_textual_ids_are_unique(setup):
     tokenizer, _, _ = setup
-    taken: set[str] = set()
-
-    def claim(tid):
-        if tid in taken:
-            return False
-        taken.add(tid)
-        return True
+    claim = claim_in(set())
 
     first = title_textual_id(tokenizer, "title: The Film 3; genres: drama", claim)
     second = title_textual_id(tokenizer, "title: The film 3!; year: 1990", claim)

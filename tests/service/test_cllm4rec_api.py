@@ -20,7 +20,7 @@ from genrec.cllm4rec.model import (
 )
 from genrec.item_text import flatten_item_text
 from genrec.modeling import build_t5
-from genrec.textual_ids import title_textual_id
+from genrec.textual_ids import claim_in, title_textual_id
 from service.embedded_redis import free_port
 from service.engine import flatten_metadata
 from training.presets import preset
@@ -36,14 +36,7 @@ USERS = [f"u{i}" for i in range(6)]
 def cllm_bundle_path(tmp_path_factory):
     texts = [flatten_item_text(flatten_metadata(m)) for m in catalog_metadata()]
     tokenizer = train_tokenizer(texts + [EXTRA_TEXT, *PROMPT_TEXTS], vocab_size=200)
-    taken: set[str] = set()
-
-    def claim(tid: str) -> bool:
-        if tid in taken:
-            return False
-        taken.add(tid)
-        return True
-
+    claim = claim_in(set())
     minted = [title_textual_id(tokenizer, t, claim) for t in texts]
     backbone = build_t5(TINY, tokenizer, seed=0)
     item_ids = [f"m{i}" for i in range(N_ITEMS)]

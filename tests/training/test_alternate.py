@@ -104,7 +104,7 @@ def test_greedy_soft_decode_feeds_back_its_argmax_and_keeps_the_gradient(world):
     tokenizer = world["tokenizer"]
     generator = build_t5(TINY, tokenizer, seed=3).eval()
     src = [sources(world)[i] for i in world["item_ids"][:3]]
-    from genrec.beam_search import pad_batch
+    from genrec.tensors import pad_batch
 
     ids, mask = pad_batch(src, tokenizer.pad_token_id)
     probs = greedy_soft_decode(generator, ids, mask, steps=4)

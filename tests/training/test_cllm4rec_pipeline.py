@@ -58,7 +58,7 @@ def test_run_writes_a_cllm4rec_bundle_with_both_protocols(trained):
 
 def test_evaluate_command_handles_cllm4rec_bundles(trained, capsys):
     assert cli_main(["evaluate", "--bundle", str(trained / "bundle"), "--users", "5", "--no-progress"]) == 0
-    assert "cllm4rec" in capsys.readouterr().out
+    assert "| CLLM4Rec |" in capsys.readouterr().out
 
 
 def test_holdout_is_random_fixed_and_disjoint(trained):
