@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -134,25 +134,8 @@ class ServiceState:
             self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
             await self.registry.connect_follower()
             self.follower.start()
-            self.recommend_batcher = MicroBatcher(
-                "recommend",
-                self.engine.recommend_batch,
-                self.executor,
-                max_batch=s.max_batch_size,
-                max_wait_ms=s.max_wait_ms,
-                adaptive_wait=s.adaptive_wait,
-                on_batch=lambda n: self.metrics.batch_size.labels(kind="recommend").observe(n),
-            )
-            self.mint_batcher = MicroBatcher(
-                "mint",
-                self.engine.mint_batch,
-                self.executor,
-                max_batch=s.max_batch_size,
-                max_wait_ms=s.max_wait_ms,
-                adaptive_wait=s.adaptive_wait,
-                on_batch=lambda n: self.metrics.batch_size.labels(kind="mint").observe(n),
-                discard=self._discard_mint,
-            )
+            self.recommend_batcher = self._batcher("recommend", self.engine.recommend_batch)
+            self.mint_batcher = self._batcher("mint", self.engine.mint_batch, discard=self._discard_mint)
             self.recommend_batcher.start()
             self.mint_batcher.start()
             self._after_add(followed=False, count=False)
@@ -169,6 +152,20 @@ class ServiceState:
         except BaseException:
             await self.stop()
             raise
+
+    def _batcher(self, kind: str, handle: Callable[[list], Sequence], **extra: Any) -> MicroBatcher:
+        """A batcher on the inference thread, with the settings' batching and its batch sizes observed."""
+        s = self.settings
+        return MicroBatcher(
+            kind,
+            handle,
+            self.executor,
+            max_batch=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            adaptive_wait=s.adaptive_wait,
+            on_batch=lambda n: self.metrics.batch_size.labels(kind=kind).observe(n),
+            **extra,
+        )
 
     async def _wait_for_redis(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.redis_startup_timeout_s
