@@ -1,5 +1,5 @@
-"""The item registry in Redis (DESIGN section 6): who owns which textual ID, item records, and
-the stream of minted items every replica follows.
+"""The item registry in Redis (docs/design.md, "Redis keys"): who owns which textual ID, item
+records, and the stream of minted items every replica follows.
 
 Keys, all under the namespace `genrec:{<catalog>}:` (the braces are a Redis Cluster hash tag,
 so the keys of one catalog share a slot and its MULTI/EXEC transactions stay legal there):

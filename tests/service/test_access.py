@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from genrec.errors import GenRecError
-from service import app as app_module
+from service import dependencies
 from service.registry import namespace
 
 from .conftest import assert_error, serve
@@ -118,7 +118,7 @@ async def test_the_token_is_compared_in_constant_time(client, monkeypatch):
         calls.append((given, expected))
         return compare_digest(given, expected)
 
-    monkeypatch.setattr(app_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(dependencies.hmac, "compare_digest", spy)
     body = {"item_id": "ct-1", "metadata": {"title": "fresh entry"}}
     assert (await client.post("/v1/items", json=body, headers={"authorization": "Bearer nope"})).status_code == 401
     assert (await client.post("/v1/items", json=body, headers={"authorization": f"Bearer {TOKEN}"})).status_code == 201

@@ -1,0 +1,10 @@
+"""The API's routes, one `APIRouter` a concern; `create_app` includes them in this order (which is
+also their order in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from . import items, operations, recommendations
+
+ROUTERS = (recommendations.router, items.router, operations.router)
+
+__all__ = ["ROUTERS"]

@@ -1,0 +1,40 @@
+"""/v1/items: minting a textual ID for a new item (idempotent per item_id, behind the write
+token) and reading an item's record."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from ..dependencies import get_state, require_json, require_write_token
+from ..openapi import error_responses
+from ..schemas import ItemCreated, ItemCreateRequest, ItemRecordResponse
+from ..state import ServiceState
+
+router = APIRouter(tags=["items"])
+
+
+@router.post(
+    "/v1/items",
+    response_model=ItemCreated,
+    status_code=201,
+    responses={200: {"model": ItemCreated, "description": "the item existed: its ID"},
+               **error_responses(400, 401, 413, 415, 422, 503)},
+    summary="Mint a unique textual ID for a new item (idempotent per item_id)",
+    dependencies=[Depends(require_write_token), Depends(require_json)],
+)
+async def create_item(body: ItemCreateRequest, response: Response, svc: ServiceState = Depends(get_state)):
+    textual_id, created = await svc.create_item(body)
+    if not created:
+        response.status_code = 200
+    return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created,
+                       recommendable=svc.engine.is_recommendable(body.item_id))
+
+
+@router.get(
+    "/v1/items/{item_id:path}",
+    response_model=ItemRecordResponse,
+    responses=error_responses(404, 503),
+    summary="An item's textual ID and metadata",
+)
+async def get_item(item_id: str, svc: ServiceState = Depends(get_state)):
+    return await svc.get_item(item_id)

@@ -1,0 +1,393 @@
+"""What one app instance holds, apart from HTTP: `ServiceState` and the lifespan that starts and
+stops it, kept out of the routes so the lifecycle and the recommend/mint orchestration read on
+their own.
+
+Start: load the bundle on the inference thread, connect Redis (or start the embedded one), seed
+the bundle's items, load the items minted so far from the events stream, then follow the
+stream. Nothing heavy happens at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+
+from genrec.bundle import Bundle, load_bundle
+from genrec.errors import StoreUnavailableError
+
+from .batching import BatcherClosed, MicroBatcher
+from .catalog import Catalog, EventFollower
+from .embedded_redis import EmbeddedRedis
+from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
+from .errors import ApiError, invalid
+from .metrics import ServiceMetrics
+from .registry import CommitResult, ItemRecord, Registry
+from .schemas import (
+    ItemCreateRequest,
+    ItemRecordResponse,
+    RecommendationRequest,
+    RecommendationResponse,
+    RecommendedItem,
+)
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+
+def bundle_digest(bundle: Bundle) -> str:
+    """Short digest of every file of the bundle (from its manifest's checksums)."""
+    files = bundle.manifest.get("files", {})
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def id_space_digest(bundle: Bundle) -> str:
+    """Digest of what textual IDs depend on (items and tokenizer): the default Redis namespace
+    changes when a new bundle brings other IDs, and stays when only the recommender changed."""
+    files = bundle.manifest.get("files", {})
+    parts = {k: v for k, v in files.items() if k == "items.jsonl" or k.startswith("tokenizer/")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_slug(bundle: Bundle) -> str:
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(bundle.manifest.get("dataset") or ""))[:40].strip("-")
+    return dataset or "catalog"
+
+
+def default_catalog(bundle: Bundle) -> str:
+    """Redis namespace of a bundle's catalog: its dataset and the digest of its ID space."""
+    return f"{dataset_slug(bundle)}-{id_space_digest(bundle)}"
+
+
+class ServiceState:
+    """Everything one app instance holds; built in the lifespan, torn down at shutdown."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.bundle: Bundle | None = None
+        self.catalog: Catalog | None = None
+        self.registry: Registry | None = None
+        self.engine: Engine | None = None
+        self.embedded: EmbeddedRedis | None = None
+        self.follower: EventFollower | None = None
+        self.recommend_batcher: MicroBatcher | None = None
+        self.mint_batcher: MicroBatcher | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.model_info: dict[str, Any] = {}
+        self.ready = False
+        self.stopping = False
+        self.replica_id = uuid.uuid4().hex[:12]
+        self._inflight_mints: dict[str, asyncio.Task] = {}
+        self._fold_task: asyncio.Task | None = None
+        self.metrics = ServiceMetrics(catalog_size=lambda: float(len(self.catalog)) if self.catalog else 0.0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-inference")
+        loop = asyncio.get_running_loop()
+        try:
+            self.bundle = await loop.run_in_executor(
+                self.executor, lambda: load_bundle(s.bundle, verify=s.verify_bundle)
+            )
+            self.catalog = Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
+            digest = bundle_digest(self.bundle)
+            self.model_info = {
+                "kind": self.bundle.kind,
+                "bundle": f"{dataset_slug(self.bundle)}-{digest}",
+                "dataset": self.bundle.manifest.get("dataset"),
+                "created_at": self.bundle.manifest.get("created_at"),
+            }
+            url = s.redis_url
+            if url is None:
+                self.embedded = EmbeddedRedis(s.data_dir)
+                url = await asyncio.to_thread(self.embedded.start)
+            catalog_name = s.catalog or default_catalog(self.bundle)
+            self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id,
+                                     lookup_timeout_s=s.redis_lookup_timeout_s)
+            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
+            await self._wait_for_redis()
+            seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
+            events, last_id = await self.registry.load_events()
+            self.follower = EventFollower(
+                self.registry,
+                self.catalog,
+                last_id,
+                on_error=lambda _exc: self.metrics.redis_errors.labels(operation="follow").inc(),
+            )
+            self.follower.apply(events)  # the items minted before this start
+            self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
+            await self.registry.connect_follower()
+            self.follower.start()
+            self.recommend_batcher = self._batcher("recommend", self.engine.recommend_batch)
+            self.mint_batcher = self._batcher("mint", self.engine.mint_batch, discard=self._discard_mint)
+            self.recommend_batcher.start()
+            self.mint_batcher.start()
+            self._after_add(followed=False, count=False)
+            # The bundle, catalog and trie are long-lived: moved out of the garbage collector's
+            # generations, full collections stop walking them (they paused requests for up to
+            # hundreds of ms under load).
+            gc.collect()
+            gc.freeze()
+            self.ready = True
+            log.info(
+                "serving %s bundle %s: %d items (%d minted), catalog %r, seeding %s",
+                self.bundle.kind, self.model_info["bundle"], len(self.catalog), len(events), catalog_name, seeded,
+            )
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _batcher(self, kind: str, handle: Callable[[list], Sequence], **extra: Any) -> MicroBatcher:
+        """A batcher on the inference thread, with the settings' batching and its batch sizes observed."""
+        s = self.settings
+        return MicroBatcher(
+            kind,
+            handle,
+            self.executor,
+            max_batch=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            adaptive_wait=s.adaptive_wait,
+            on_batch=lambda n: self.metrics.batch_size.labels(kind=kind).observe(n),
+            **extra,
+        )
+
+    async def _wait_for_redis(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.redis_startup_timeout_s
+        while True:
+            try:
+                await self.registry.ping()
+                return
+            except (RedisError, OSError) as exc:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise StoreUnavailableError(f"Redis at {_redact(self.registry.url)} does not answer: {exc}") from exc
+                await asyncio.sleep(0.25)
+
+    async def stop(self) -> None:
+        """Graceful: new requests get 503 at once, while the batches queued so far are still
+        decoded/minted and the mints under way committed, before Redis and the threads close."""
+        self.ready = False
+        self.stopping = True
+        if self.follower is not None:
+            await self.follower.stop()
+        for batcher in (self.recommend_batcher, self.mint_batcher):
+            if batcher is not None:
+                await batcher.stop()
+        for task in list(self._inflight_mints.values()):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 10)
+            except (Exception, asyncio.CancelledError):
+                pass
+        if self._fold_task is not None:
+            await asyncio.gather(self._fold_task, return_exceptions=True)
+        if self.registry is not None:
+            await self.registry.close()
+        if self.executor is not None:
+            await asyncio.to_thread(self.executor.shutdown, True)
+            self.executor = None
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    # ------------------------------------------------------------------ catalog upkeep
+
+    def _after_add(self, *, followed: bool, count: bool = True) -> None:
+        if count and followed:
+            self.metrics.items_followed.inc()
+        catalog = self.catalog
+        self.metrics.trie_overlay_items.set(catalog.overlay_size)
+        if catalog.overlay_size >= self.settings.trie_fold_threshold and (
+            self._fold_task is None or self._fold_task.done()
+        ):
+            self._fold_task = asyncio.create_task(self._fold())
+
+    async def _fold(self) -> None:
+        if await asyncio.to_thread(self.catalog.fold):
+            self.metrics.trie_folds.inc()
+            self.metrics.trie_overlay_items.set(self.catalog.overlay_size)
+
+    # ------------------------------------------------------------------ recommendations
+
+    async def recommend(self, body: RecommendationRequest) -> RecommendationResponse:
+        s = self.settings
+        if len(body.history) > s.max_history:
+            raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
+        if body.k > s.max_k:
+            raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
+        missing = self.catalog.unknown(body.history)
+        asked = True
+        if missing:
+            missing, asked = await self._look_up_missing(missing)
+        if missing:
+            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
+                           {"item_ids": missing})
+        job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
+        rows = await self.recommend_batcher.submit(job)
+        items = [
+            RecommendedItem(item_id=r.item_id, textual_id=self.catalog.textual_id(r.item_id) or "", score=r.score)
+            for r in rows
+        ]
+        return RecommendationResponse(items=items, model=self.model_info)
+
+    async def _look_up_missing(self, item_ids: list[str]) -> tuple[list[str], bool]:
+        """(ids still unknown after asking Redis, whether Redis answered): an item minted on
+        another replica a moment ago is usable here before the event follower brings it.
+
+        The lookup is optional, so it gets `redis_lookup_timeout_s`, not the full Redis
+        timeout: with Redis down or hung the request is answered from memory at once (the
+        ids stay unknown) instead of waiting on, or failing with, the store."""
+        if len(item_ids) > 64:
+            return item_ids, True
+        try:
+            records = await asyncio.wait_for(self.registry.get_items(item_ids), self.settings.redis_lookup_timeout_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.metrics.redis_errors.labels(operation="lookup").inc()
+            log.warning("looking up unknown history items in Redis failed: %s", exc or type(exc).__name__)
+            return self.catalog.unknown(item_ids), False
+        for record in records:
+            self._learn(record)
+        return self.catalog.unknown(item_ids), True
+
+    # ------------------------------------------------------------------ minting
+
+    async def create_item(self, body: ItemCreateRequest) -> tuple[str, bool]:
+        """(textual_id, created) for the item; mints it when nobody has."""
+        s = self.settings
+        if len(body.metadata) > s.max_metadata_fields:
+            raise invalid("metadata", f"at most {s.max_metadata_fields} fields (got {len(body.metadata)})")
+        text, vocabulary = texts_for(body.metadata, self.engine.max_text_chars)
+        if len(text) > s.max_metadata_chars:
+            raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
+        if not text or not vocabulary.strip():
+            raise invalid("metadata", "has no text (every value is empty)")
+        try:
+            return await self._find_or_mint(body.item_id, MintJob(body.item_id, text, vocabulary), body.metadata)
+        except (RedisError, OSError, StoreUnavailableError) as exc:
+            self.metrics.redis_errors.labels(operation="mint").inc()
+            log.warning("minting %r failed, Redis unavailable: %s", body.item_id, exc)
+            raise _mint_unavailable() from exc
+
+    async def _find_or_mint(self, item_id: str, job: MintJob, metadata: dict) -> tuple[str, bool]:
+        """The known ID (memory, then Redis), the result of a mint of this item under way, or a new mint."""
+        known = self.catalog.textual_id(item_id)
+        if known is not None:
+            return known, False
+        inflight = self._inflight_mints.get(item_id)
+        if inflight is None:
+            existing = await self.registry.get_item(item_id)
+            if existing is not None:
+                self._learn(existing)
+                return existing.textual_id, False
+            inflight = self._inflight_mints.get(item_id)  # another request may have started meanwhile
+        if inflight is not None:
+            result = await asyncio.shield(inflight)
+            return result.record.textual_id, False
+        task = asyncio.create_task(self._mint_and_commit(job, metadata))
+        self._inflight_mints[item_id] = task
+        task.add_done_callback(lambda _t: self._inflight_mints.pop(item_id, None))
+        result = await asyncio.shield(task)  # a client that goes away does not stop a mint halfway
+        return result.record.textual_id, result.created
+
+    async def _mint_and_commit(self, job: MintJob, metadata: dict) -> CommitResult:
+        try:
+            minted: MintResult = await self.mint_batcher.submit(job)
+        except BatcherClosed as exc:
+            raise ApiError(503, "shutting_down", "the service is shutting down") from exc
+        result = await self.registry.commit(
+            job.item_id,
+            minted.minted.textual_id,
+            self.engine.trie_key(minted.minted),
+            job.text,
+            metadata,
+            minted.marker,
+        )
+        self._learn(result.record)
+        if result.created:
+            self.metrics.items_minted.inc()
+        return result
+
+    def _learn(self, record: ItemRecord) -> None:
+        try:
+            if self.catalog.add(record.item_id, record.textual_id, record.token_ids):
+                self._after_add(followed=False, count=False)
+        except ValueError as exc:
+            log.error("item %r cannot join the trie: %s", record.item_id, exc)
+
+    def _discard_mint(self, job: MintJob, result: MintResult) -> None:
+        asyncio.get_running_loop().create_task(self.registry.release(result.minted.textual_id, result.marker))
+
+    # ------------------------------------------------------------------ reads
+
+    async def get_item(self, item_id: str) -> ItemRecordResponse:
+        record = await self.registry.get_item(item_id)
+        if record is None:
+            raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the catalog", {"item_id": item_id})
+        return ItemRecordResponse(
+            item_id=record.item_id,
+            textual_id=record.textual_id,
+            metadata=record.metadata,
+            text=record.text,
+            source=record.source,
+            created_at=record.created_at or None,
+            recommendable=self.engine.is_recommendable(record.item_id),
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        """Named checks, each "ok" or what is wrong: the bundle (and trie) loaded and the app
+        not stopping, and Redis answering a PING within a second."""
+        if self.ready and self.engine is not None:
+            checks = {"bundle": "ok"}
+        else:
+            checks = {"bundle": "stopping" if self.stopping else "not loaded"}
+        if self.registry is None:
+            checks["redis"] = "not connected"
+        else:
+            try:
+                await asyncio.wait_for(self.registry.ping(), timeout=1.0)
+                checks["redis"] = "ok"
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.metrics.redis_errors.labels(operation="ping").inc()
+                checks["redis"] = f"unreachable ({type(exc).__name__})"
+        return checks
+
+
+def _mint_unavailable() -> ApiError:
+    """Minting without Redis could hand out an ID that another replica hands out too: refuse."""
+    return ApiError(
+        503,
+        "store_unavailable",
+        "cannot mint an ID now: the item registry (Redis) is unreachable, so the new ID's uniqueness "
+        "cannot be guaranteed; retry later (retrying with the same item_id is safe)",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The app's lifespan: its `ServiceState` (app.state.service) started before the first
+    request and stopped, gracefully, at shutdown."""
+    state: ServiceState = app.state.service
+    await state.start()
+    try:
+        yield
+    finally:
+        await state.stop()
