@@ -23,6 +23,9 @@ class DataConfig:
     kcore: int = 5
     max_history: int = 20
     max_text_chars: int = 512
+    # New-item protocol: the share of items (first seen latest) withheld from training and
+    # received after it as the service would receive them (training.cold). 0: off.
+    cold_items: float = 0.0
 
 
 @dataclass

@@ -57,9 +57,9 @@ def variant_configs(base: TrainConfig, rounds: int) -> dict[str, TrainConfig]:
 
 def run_ablation(base: TrainConfig, out: Path, *, rounds: int = 3, progress: bool = True,
                  variants: tuple[str, ...] = DEFAULT_VARIANTS) -> dict:
-    from .data import load_dataset
-    from .evaluation import evaluate_popularity
-    from .pipeline import run
+    from .baselines import Popularity, visible_counts
+    from .evaluation import evaluate_method
+    from .pipeline import load_config_dataset, run
 
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -80,13 +80,12 @@ def run_ablation(base: TrainConfig, out: Path, *, rounds: int = 3, progress: boo
         }
     if "popularity" in variants:
         started = time.perf_counter()
-        dataset = load_dataset(
-            base.data.dataset, Path(base.data.data_dir) if base.data.data_dir else None,
-            kcore=base.data.kcore, max_text_chars=base.data.max_text_chars,
-        )
+        split = load_config_dataset(base).split
         results["popularity"] = {
-            "test": evaluate_popularity(dataset.split, "test", base.eval.users),
-            "valid": evaluate_popularity(dataset.split, "valid", base.eval.users),
+            which: evaluate_method(Popularity(visible_counts(split, which)), None, split, which,
+                                   users=base.eval.users, progress=False)
+            for which in ("test", "valid")
+        } | {
             "id_stats": {},
             "wall_s": time.perf_counter() - started,
         }

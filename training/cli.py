@@ -21,6 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set recommender.epochs=3 (repeatable)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare = sub.add_parser("compare", help="every method and the baselines on one split, with intervals")
+    compare.add_argument("--configs", required=True,
+                         help="comma-separated presets (trained into OUT/bundles/ unless there already) "
+                              "or bundle folders, e.g. ml100k,cllm4rec-ml100k,sasrec-ml100k")
+    compare.add_argument("--out", required=True, type=Path, help="folder for compare.md/.json/.png")
+    compare.add_argument("--cold-items", type=float, default=None, metavar="SHARE",
+                         help="new-item protocol: withhold this share of the items (first seen latest) "
+                              "from training, e.g. 0.2")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value of every preset trained here (repeatable)")
+    compare.add_argument("--baseline-kinds", default="sasrec",
+                         help="method kinds counted as baselines (comma-separated; default sasrec)")
+    compare.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    compare.add_argument("--latency-users", type=int, default=64, help="test users timed (default 64)")
+    compare.add_argument("--no-progress", action="store_true")
     evaluate = sub.add_parser("evaluate", help="re-evaluate a bundle on its dataset")
     evaluate.add_argument("--bundle", required=True, type=Path)
     evaluate.add_argument("--users", type=int, default=None, help="only the first N users")
@@ -38,6 +54,20 @@ def main(argv: list[str] | None = None) -> int:
             for assignment in args.overrides:
                 apply_override(config, assignment)
             run(config, args.out, progress=not args.no_progress)
+        elif args.command == "compare":
+            from .comparison import compare
+
+            if args.resamples < 1000:
+                print("genrec-train: note: fewer than 1000 bootstrap resamples give rough intervals",
+                      file=sys.stderr)
+            summary = compare(
+                [c.strip() for c in args.configs.split(",") if c.strip()], args.out, overrides=args.overrides,
+                cold_items=args.cold_items, baseline_kinds=tuple(k.strip() for k in args.baseline_kinds.split(",")),
+                resamples=args.resamples, seed=args.seed, latency_users=args.latency_users,
+                progress=not args.no_progress,
+            )
+            print((args.out / "compare.md").read_text())
+            print(f"written: {args.out / 'compare.md'}, compare.json, compare.png in {summary['wall_s']:.0f} s")
         else:
             from genrec.registry import method_class
 

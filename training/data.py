@@ -12,6 +12,7 @@ what is wrong, never as a raw ``KeyError``/``ValueError``/``JSONDecodeError``.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import gzip
 import importlib.util
 import json
@@ -118,6 +119,9 @@ class Dataset:
     catalog: Catalog
     split: SplitData
     item_text: dict[str, str]
+    # Time of each item's first interaction (after filtering): what the new-item protocol
+    # orders items by (training.cold).
+    first_seen: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -553,4 +557,8 @@ def load_dataset(
     for item_id, meta in kept.items.items():
         text = flatten_item_text(meta, max_text_chars)
         item_text[item_id] = text or f"item: {item_id}"[:max_text_chars]
-    return Dataset(name=name, catalog=kept, split=split, item_text=item_text)
+    first_seen: dict[str, float] = {}
+    for x in filtered:
+        if x.timestamp < first_seen.get(x.item_id, math.inf):
+            first_seen[x.item_id] = x.timestamp
+    return Dataset(name=name, catalog=kept, split=split, item_text=item_text, first_seen=first_seen)

@@ -26,8 +26,10 @@ from genrec.errors import ConfigError
 from genrec.method import Method
 from genrec.trie import TextualIdTrie
 
-from .data import Dataset, load_dataset
-from .evaluation import evaluate_all, evaluate_method
+from .baselines import ContentTfIdf, Popularity, visible_counts
+from .cold import cold_users, cold_view, receive_new_items
+from .data import Dataset, SplitData, load_dataset
+from .evaluation import evaluate_all, evaluate_method, evaluate_users, evaluation_users, means
 from .loop import distributed_world
 from .methods import Trainer, trainer_for
 from .methods.base import RunContext, Trained
@@ -77,28 +79,30 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         seed_everything(config.seed)
         started = time.perf_counter()
         dataset = load_config_dataset(config)
-        item_ids = list(dataset.catalog.items)
-        log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(item_ids)} items")
+        view = cold_view(dataset, config.data.cold_items)
+        seen = view.train  # what training may see: everything but the withheld new items
+        log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(dataset.catalog)} items"
+            + (f", {len(view.withheld)} withheld as new items" if view.withheld else ""))
         if config.tokenizer.pretrained_path:
             tokenizer = tokenizer_from_pretrained(config.tokenizer.pretrained_path)
         else:
-            corpus = trainer.tokenizer_corpus([dataset.item_text[i] for i in item_ids])
+            corpus = trainer.tokenizer_corpus([seen.item_text[i] for i in seen.catalog.items])
             tokenizer = train_tokenizer(corpus, config.tokenizer.vocab_size)
         timings = {"data_and_tokenizer": time.perf_counter() - started}
 
         def validate(method: Method, trie: TextualIdTrie, users: int | None) -> float:
-            return evaluate_method(method, trie, dataset.split, "valid", users=users,
+            return evaluate_method(method, trie, seen.split, "valid", users=users,
                                    batch_size=config.eval.batch_size, progress=False)["ndcg@10"]
 
-        ctx = RunContext(config=config, dataset=dataset, tokenizer=tokenizer, progress=progress, log=log,
+        ctx = RunContext(config=config, dataset=seen, tokenizer=tokenizer, progress=progress, log=log,
                          validate=validate)
         trained = trainer.train(ctx)
         timings.update(trained.timings)
         result: dict = {}
         if rank == 0:
             t = time.perf_counter()
-            result = evaluate(trainer, trained.method, items_trie(trained.items, tokenizer.eos_token_id), config,
-                              dataset, config.eval.users, progress)
+            result = evaluate(trainer, trained.method, trained.items, tokenizer.eos_token_id, config, dataset,
+                              config.eval.users, progress)
             timings["evaluation"] = time.perf_counter() - t
             timings["total"] = time.perf_counter() - started
             result["id_stats"] = trained.id_stats
@@ -118,17 +122,51 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             dist.destroy_process_group()
 
 
-def evaluate(trainer: Trainer, method: Method, trie: TextualIdTrie, config: TrainConfig, dataset: Dataset,
-             users: int | None, progress: bool) -> dict:
-    """Leave-one-out on valid and test with the popularity baseline, plus the trainer's own."""
+def evaluate(trainer: Trainer, method: Method, items: list, eos_token_id: int, config: TrainConfig,
+             dataset: Dataset, users: int | None, progress: bool) -> dict:
+    """Leave-one-out on valid and test with the baselines, plus the trainer's own evaluation.
+
+    Under the new-item protocol (data.cold_items > 0) the withheld items are first received by
+    the method as the service would receive them (minted, added to the trie); every user is
+    then ranked over all items, and `new_items` holds the metrics of the users whose test item
+    is a new one."""
+    view = cold_view(dataset, config.data.cold_items)
+    new = receive_new_items(method, dataset, items, view.withheld, eos_token_id)
+    trie = items_trie(list(items) + new, eos_token_id)
+    rankers = baselines(dataset, view.train.split)
+
+    def run(ranker, split: SplitData, which: str, chosen: int | list[str] | None) -> dict[str, float]:
+        users = chosen if isinstance(chosen, list) else evaluation_users(split, which, chosen)
+        return means(evaluate_users(ranker, trie, split, which, users, batch_size=config.eval.batch_size,
+                                    progress=progress))
+
     result = evaluate_all(
-        lambda which: evaluate_method(method, trie, dataset.split, which, users=users,
-                                      batch_size=config.eval.batch_size, progress=progress),
-        dataset.split, users,
+        lambda which: run(method, dataset.split, which, users),
+        {name: (lambda which, r=make: run(r(which), dataset.split, which, users)) for name, make in rankers.items()},
     )
+    if view.withheld:
+        cold = cold_users(dataset.split, "test", view.withheld)[:users] if users else cold_users(
+            dataset.split, "test", view.withheld)
+        result["new_items"] = {
+            "share": config.data.cold_items, "withheld": len(view.withheld), "minted": len(new),
+            "users": len(cold), "recommendable": method.new_items_recommendable,
+            "test": run(method, dataset.split, "test", cold),
+            "baselines": {name: {"test": run(make("test"), dataset.split, "test", cold)}
+                          for name, make in rankers.items()},
+        }
     result.update(trainer.extra_evaluation(method, config, dataset, users))
     result["kind"] = method.kind
     return result
+
+
+def baselines(dataset: Dataset, train_split: SplitData) -> dict:
+    """Baseline name -> (split -> ranker): popularity counts what training saw; the content
+    baseline reads every item's text (a new item's text arrives with it)."""
+    content = ContentTfIdf(dataset.item_text)
+    return {
+        "popularity": lambda which: Popularity(visible_counts(train_split, which)),
+        "content": lambda which: content,
+    }
 
 
 def _metrics(result: dict) -> dict:
@@ -172,8 +210,8 @@ def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True
     config = bundle.train_config
     method = load_method(bundle)
     dataset = load_config_dataset(config)
-    trie = items_trie(bundle.items, bundle.tokenizer.eos_token_id)
-    result = evaluate(trainer_for(bundle.kind), method, trie, config, dataset, users, progress)
+    result = evaluate(trainer_for(bundle.kind), method, bundle.items, bundle.tokenizer.eos_token_id, config,
+                      dataset, users, progress)
     if users is None:
         saved_path = Path(bundle_dir) / "eval.json"
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}

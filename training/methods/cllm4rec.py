@@ -44,8 +44,8 @@ from genrec.metrics import ndcg_multi_at, recall_at
 from genrec.modeling import build_t5
 from genrec.tokenization import encode_text
 
+from ..baselines import popularity_ranking, top_unseen
 from ..data import Dataset, SplitData
-from ..evaluation import popularity_ranking, top_unseen
 from ..loop import fit
 from ..report import table
 from ..title_ids import title_id_items
