@@ -154,7 +154,8 @@ def evaluate(trainer: Trainer, method: Method, items: list, eos_token_id: int, c
             "baselines": {name: {"test": run(make("test"), dataset.split, "test", cold)}
                           for name, make in rankers.items()},
         }
-    result.update(trainer.extra_evaluation(method, config, dataset, users))
+    # A method's own protocol runs on what training saw (CLLM4Rec's holds out part of it).
+    result.update(trainer.extra_evaluation(method, config, view.train, users))
     result["kind"] = method.kind
     return result
 
