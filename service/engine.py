@@ -4,12 +4,13 @@ bundle's method (genrec.method.Method), whichever it is.
 Recommendation requests are grouped by the method's `batch_key(k)` (a request's answer must not
 depend on its batch-mates), answered with the largest k of the group and trimmed to each
 request's k. Minting claims every candidate ID in Redis (SET NX) through the registry's
-synchronous client; the claims carry a marker of the batch until each item is committed by the
-event loop.
+synchronous client; each claim carries a pending marker of its own (the batch's, numbered) until
+its item is committed by the event loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Sequence
@@ -116,12 +117,16 @@ class Engine:
         """
         if self.registry is None:
             raise RuntimeError("minting needs the registry")
-        marker = f"pending:{uuid.uuid4().hex}"
-        claimed: list[str] = []
+        batch = f"pending:{uuid.uuid4().hex}"
+        attempts = itertools.count()
+        claimed: dict[str, str] = {}  # textual ID -> the marker of this batch's claim on it
 
         def claim(textual_id: str) -> bool:
+            # One marker per claim, not per batch: a claim retried after its reply was lost
+            # knows itself by its marker, and cannot take an ID another item of the batch holds.
+            marker = f"{batch}:{next(attempts)}"
             if self.registry.claim_sync(textual_id, marker):
-                claimed.append(textual_id)
+                claimed[textual_id] = marker
                 return True
             return False
 
@@ -129,11 +134,12 @@ class Engine:
         try:
             minted = self.method.mint([NewItem(job.text, job.vocabulary_text) for job in jobs], claim)
         except BaseException:
-            self.registry.release_sync(claimed, marker)
+            for textual_id, marker in claimed.items():
+                self.registry.release_sync([textual_id], marker)
             raise
         finally:
             self.metrics.mint_latency.observe(time.perf_counter() - start)
-        return [MintResult(m, marker) for m in minted]
+        return [MintResult(m, claimed[m.textual_id]) for m in minted]
 
     def trie_key(self, minted: MintedId) -> list[int]:
         return list(minted.token_ids) + [self.eos_token_id]

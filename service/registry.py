@@ -11,11 +11,12 @@ so the keys of one catalog share a slot and its MULTI/EXEC transactions stay leg
     events            -> stream, one entry {item_id, textual_id, token_ids, replica} per minted item
     seeded            -> digest of the bundle whose items were seeded
 
-A mint claims its ID first (SET NX, value: a pending marker of its batch), then writes the
-claim's final value, the item hash and the stream entry in one MULTI/EXEC, watching the item
-key so two replicas minting the same item_id at once end with one winner. If the transaction
-fails or loses, the claim is deleted again (only while it still holds the marker), so nothing
-is left half-written.
+A mint claims its ID first (SET NX, value: a pending marker of its batch, expiring after the
+pending-claim TTL), then writes the claim's final value (no expiry), the item hash and the
+stream entry in one MULTI/EXEC, watching the item key so two replicas minting the same item_id
+at once end with one winner. If the transaction fails or loses, the claim is deleted again
+(only while it still holds the marker), so nothing is left half-written; a replica that dies
+between claim and commit leaves its claim for at most the TTL.
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ class Registry:
     CACHE_COOLDOWN_S = 5.0
 
     def __init__(self, url: str, catalog: str, timeout_s: float = 5.0, replica: str = "",
-                 lookup_timeout_s: float = 0.25):
+                 lookup_timeout_s: float = 0.25, pending_ttl_s: float = 60.0):
         self.url = url
+        self.pending_ttl_ms = max(1, round(pending_ttl_s * 1000))
         self.replica = replica
         self.catalog = catalog
         self.prefix = namespace(catalog)
@@ -304,9 +306,13 @@ class Registry:
     # ------------------------------------------------------------------ minting
 
     def claim_sync(self, textual_id: str, marker: str) -> bool:
-        """SET NX from the inference thread: True when the ID was free and is now ours."""
+        """SET NX from the inference thread, expiring after the pending-claim TTL: True when the
+        ID was free and is now ours. `marker` must be this claim's own: when the reply to the SET
+        was lost and the client retried it, the retry finds the ID taken, by this claim itself
+        when it holds the marker."""
+        key = self.tid_key(textual_id)
         try:
-            return bool(self.sync.set(self.tid_key(textual_id), marker, nx=True))
+            return bool(self.sync.set(key, marker, nx=True, px=self.pending_ttl_ms)) or self.sync.get(key) == marker
         except RedisError as exc:
             raise StoreUnavailableError(f"cannot claim a textual ID: {exc}") from exc
 
@@ -336,8 +342,12 @@ class Registry:
         """Finalises a claimed ID: tid value, item hash and stream entry in one transaction.
 
         If the item_id exists already (another request or replica won the race), the claim
-        is released and the existing record returned. On a Redis failure the claim is
-        released (when Redis still answers) and StoreUnavailableError raised.
+        is released and the existing record returned. A claim that expired (a mint slower than
+        the pending-claim TTL) is taken back in the transaction if nobody took the ID meanwhile.
+        A connection lost after EXEC was sent (WatchError) is told from a lost race by the
+        record in Redis: finding the very record this commit wrote, EXEC ran. On a Redis
+        failure the claim is released (when Redis still answers) and StoreUnavailableError
+        raised.
         """
         tid_key, item_key = self.tid_key(textual_id), self.item_key(item_id)
         record = ItemRecord(
@@ -354,7 +364,7 @@ class Registry:
                 await pipe.watch(item_key, tid_key)
                 existing = await pipe.hgetall(item_key)
                 owner = await pipe.get(tid_key)
-                if existing or owner != marker:
+                if existing or owner not in (marker, None):
                     await pipe.unwatch()
                     await self.release(textual_id, marker)
                     if existing:
@@ -390,7 +400,7 @@ class Registry:
             existing_record = await self.get_item(item_id)
             if existing_record is None:
                 raise StoreUnavailableError(f"item {item_id!r} changed while it was being committed") from None
-            return CommitResult(existing_record, created=False)
+            return CommitResult(existing_record, created=existing_record == record)
         except RedisError as exc:
             await self.release(textual_id, marker)
             raise StoreUnavailableError(f"cannot store item {item_id!r}: {exc}") from exc

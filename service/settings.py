@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         "the user-ID cache); past it the request is answered from memory",
     )
 
+    pending_claim_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="a textual ID claimed by a mint expires after this long unless committed, so a "
+        "replica that dies mid-mint does not keep the ID forever",
+    )
+
     # Write access: POST /v1/items needs `Authorization: Bearer <token>` when set.
     api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("API_TOKEN", "GENREC_API_TOKEN"))
 

@@ -119,7 +119,8 @@ class ServiceState:
                 url = await asyncio.to_thread(self.embedded.start)
             catalog_name = s.catalog or default_catalog(self.bundle)
             self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id,
-                                     lookup_timeout_s=s.redis_lookup_timeout_s)
+                                     lookup_timeout_s=s.redis_lookup_timeout_s,
+                                     pending_ttl_s=s.pending_claim_ttl_s)
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)

@@ -78,6 +78,7 @@ def fit(
     distributed: bool = True,
     parameters: Iterable[torch.nn.Parameter] | None = None,
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_batch: Callable[[int, list[int]], None] | None = None,
     desc: str = "training",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -89,7 +90,9 @@ def fit(
     itself). `distributed=False` keeps the model unwrapped and every rank on all examples (a
     phase whose ranks must do the same work). `parameters`: what the optimizer updates
     (default: every parameter that requires a gradient). `after_epoch(epoch, means)` runs on
-    every rank after each epoch (validation, keeping the best weights).
+    every rank after each epoch (validation, keeping the best weights). `on_batch(epoch, indices)`
+    gets, for every batch, the indices into that epoch's examples the batch was collated from:
+    what this rank really trained on.
     """
     rank, world = distributed_world()
     shard = distributed and world > 1
@@ -122,7 +125,10 @@ def fit(
         started = time.perf_counter()
         bar = progress_bar(range(0, len(order), batch_size), desc=f"{desc} {epoch + 1}/{epochs}", enabled=show)
         for start in bar:
-            batch = collate([epoch_examples[i] for i in order[start : start + batch_size]])
+            indices = order[start : start + batch_size]
+            if on_batch is not None:
+                on_batch(epoch, list(indices))
+            batch = collate([epoch_examples[i] for i in indices])
             value = loss(trained, batch)
             parts: dict[str, float] = {}
             if isinstance(value, tuple):

@@ -12,7 +12,7 @@ from genrec.idgenrec.config import RecommenderConfig
 from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
 
 from .data import SplitData
-from .loop import distributed_world, fit, shard_indices
+from .loop import distributed_world, fit
 from .seq2seq import Example, collate, seq2seq_loss
 
 
@@ -70,7 +70,7 @@ def train_recommender(
     seed: int,
     validate: Callable[[torch.nn.Module], float] | None = None,
     progress: bool = True,
-    on_examples: Callable[[int, list[int]], None] | None = None,
+    on_batch: Callable[[int, list[int]], None] | None = None,
     user_tokens: Callable[[str, list[str]], list[int] | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -78,7 +78,9 @@ def train_recommender(
 
     `user_tokens(user, history)` gives the textual user ID of an example (None: no user IDs).
     `validate(model) -> ndcg@10` runs on rank 0 only; its value is broadcast so every rank
-    keeps the same best epoch. Returns the history (losses, validation NDCG, best epoch).
+    keeps the same best epoch. `on_batch(epoch, indices)` is the loop's record of the examples
+    (indices into `training_pairs`) each batch of this rank was made of. Returns the history
+    (losses, validation NDCG, best epoch).
     """
     rank, world = distributed_world()
     renderer = PromptRenderer(tokenizer, config.max_source_length)
@@ -110,14 +112,12 @@ def train_recommender(
             log(f"recommender epoch {epoch + 1}/{config.epochs}: loss {means['loss']:.4f}, valid NDCG@10 {value:.4f} "
                 f"({means['examples_per_s']:.0f} examples/s)")
 
-    if on_examples is not None:
-        on_examples(rank, shard_indices(len(pairs), 0, seed))
     losses = fit(
         model, epochs=config.epochs, examples=make_examples,
         collate=lambda batch: collate(batch, tokenizer.pad_token_id), loss=seq2seq_loss,
         batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
         warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=seed, after_epoch=after_epoch,
-        desc="recommender", progress=progress,
+        on_batch=on_batch, desc="recommender", progress=progress,
     )["loss"]
     if best["state"] is not None:
         model.load_state_dict(best["state"])

@@ -239,6 +239,34 @@ def test_the_item_head_bias_and_scale_are_used_and_saved(setup, tmp_path):
     assert setup[1].item_bias is None and setup[1].item_head_scale == pytest.approx(TINY.d_model ** -0.5)
 
 
+@pytest.mark.parametrize("scale", [None, 0.25, 1.0, 3.0])
+def test_the_item_head_applies_its_scale(setup, tmp_path, scale):
+    """logits[b, j] = scale * sum_k h[b, k] * e_j[k], checked by hand for several scales; None
+    is T5's own d_model^-0.5. score_items is their log-softmax, and a saved model keeps its scale."""
+    tokenizer, base, pieces = setup
+    torch.manual_seed(0)
+    model = Cllm4RecModel(base.backbone, base.vocab_size, USERS, ITEMS, item_head_scale=scale).eval()
+    applied = TINY.d_model ** -0.5 if scale is None else scale
+    assert model.item_head_scale == pytest.approx(applied)
+    d = TINY.d_model
+    hidden = torch.randn(2, d, generator=torch.Generator().manual_seed(1))
+    for lm in ("collab", "content"):
+        table = model.tables[lm]["item"].weight.detach().tolist()
+        by_hand = [[applied * sum(float(hidden[b, k]) * table[j][k] for k in range(d)) for j in range(len(ITEMS))]
+                   for b in range(2)]
+        assert torch.allclose(model.item_logits(hidden, lm), torch.tensor(by_hand), atol=1e-5)
+    # The scores of a prompt: the log-softmax of the scaled logits of the first decoder state.
+    batch = finetune_batch(model, pieces, [("1", ["1", "2"], ["3"])], max_items=50)
+    with torch.no_grad():
+        start = torch.full((1, 1), model.decoder_start_id)
+        state = model.decode_hidden(batch.enc_ids, batch.enc_mask, start, torch.ones_like(start), "collab")[0, 0]
+        table = model.tables["collab"]["item"].weight.detach().tolist()
+        logits = torch.tensor([applied * sum(float(state[k]) * table[j][k] for k in range(d)) for j in range(len(ITEMS))])
+        assert torch.allclose(model.score_items(batch.enc_ids, batch.enc_mask)[0], F.log_softmax(logits, -1), atol=1e-5)
+    model.save(tmp_path / "m")
+    assert load_cllm4rec(tmp_path / "m").item_head_scale == pytest.approx(applied)
+
+
 def test_the_latest_item_can_be_forced_into_the_masked_out_items():
     history = [str(i) for i in range(1, 11)]
     for seed in range(20):

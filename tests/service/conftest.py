@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from genrec.bundle import BundleItem, write_bundle
 from genrec.idgenrec.minting import MintConfig
@@ -165,6 +166,18 @@ async def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.02
             return True
         await asyncio.sleep(interval_s)
     return predicate()
+
+
+def metric_value(text: str, sample: str, **labels: str) -> float:
+    """The value of one sample (e.g. `genrec_items_minted_total`, or a histogram's
+    `genrec_batch_size_count` with kind="recommend") in a Prometheus text page: the sum over the
+    samples of that name whose labels include `labels`; 0 when there is none."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                total += found.value
+    return total
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+import genrec.idgenrec.method as idgenrec_method
 from genrec.errors import GenRecError
 from service import dependencies
 from service.registry import namespace
@@ -176,14 +177,31 @@ async def test_a_failing_decode_is_a_generic_500_with_a_request_id(served, monke
     assert logged and logged[0].exc_info is not None  # the log has what the client must not see
 
 
-async def test_a_failing_mint_is_a_generic_500_and_leaves_nothing_in_redis(served, namespace_keys, monkeypatch):
+async def test_a_failing_mint_is_a_generic_500_and_leaves_nothing_in_redis(
+    served, namespace_keys, monkeypatch, redis_url, catalog_name
+):
+    """The mint fails after it has claimed an ID in Redis: the claim is given back."""
     _app, client = served
     before = namespace_keys()
-    monkeypatch.setattr("genrec.idgenrec.method.mint_ids", boom)
+    claimed: list[tuple[str, str | None]] = []  # (textual ID, what Redis held for it then)
+    real_mint_ids = idgenrec_method.mint_ids
+
+    def claim_then_fail(generator, tokenizer, texts, claim, *args, **kwargs):
+        def claim_once(textual_id: str) -> bool:
+            if not claim(textual_id):
+                return False
+            with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+                claimed.append((textual_id, r.get(f"{namespace(catalog_name)}tid:{textual_id}")))
+            boom()
+
+        return real_mint_ids(generator, tokenizer, texts, claim_once, *args, **kwargs)
+
+    monkeypatch.setattr(idgenrec_method, "mint_ids", claim_then_fail)
     body = {"item_id": "fails-1", "metadata": {"title": "fresh entry"}}
     response = await client.post("/v1/items", json=body, headers={"authorization": f"Bearer {TOKEN}"})
     assert_generic_500(response)
-    assert namespace_keys() == before
+    assert len(claimed) == 1 and claimed[0][1].startswith("pending:"), claimed  # it was claimed ...
+    assert namespace_keys() == before  # ... and released
     assert (await client.get("/v1/items/fails-1")).status_code == 404
 
 

@@ -8,6 +8,7 @@ Each test breaks a redis-server of its own (tests/service/redis_server.py), neve
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 
 import pytest
@@ -199,3 +200,17 @@ def test_user_id_cache_skips_a_hung_redis(redis_server, catalog_name):
         redis_server.thaw()
         registry.sync.close()
         registry.cache.close()
+
+
+@pytest.mark.parametrize("ci", ["true", "TRUE", "", "false", None])
+def test_a_missing_redis_server_fails_in_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    in_ci = ci is not None and ci.lower() == "true"
+    outcome = pytest.fail.Exception if in_ci else pytest.skip.Exception
+    with pytest.raises(outcome, match="install Redis 7") as raised:
+        RedisServer(tmp_path / "redis-data")
+    assert ("CI=true" in str(raised.value)) == in_ci

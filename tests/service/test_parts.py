@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,13 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import ValidationError
 
+import service.catalog
 from genrec.bundle import BundleItem
+from genrec.trie import TextualIdTrie
 from service import cli
 from service.batching import BatcherClosed, MicroBatcher
 from service.catalog import Catalog
 from service.settings import Settings
 
-from .conftest import N_ITEMS, serve
+from .conftest import N_ITEMS, metric_value, serve
 
 EOS = 1
 
@@ -146,6 +149,36 @@ def test_catalog_fold_keeps_indices_and_items():
     assert not catalog.fold()  # nothing to fold
 
 
+def test_catalog_fold_replays_the_items_added_while_it_built(monkeypatch):
+    """Items added while the new base is being built (outside the write lock) are replayed into
+    the new trie's overlay before the swap: none is lost, all keep their indices."""
+    catalog = Catalog(_items(30), EOS)
+    for item in _items(5, offset=30):
+        catalog.add(item.item_id, item.textual_id, item.token_ids)
+    late = _items(3, offset=35)
+
+    class AddsMeanwhile(TextualIdTrie):
+        def base_tables(self):
+            tables = super().base_tables()
+            while late:  # during the slow part of the fold, against the old trie
+                item = late.pop(0)
+                assert catalog.add(item.item_id, item.textual_id, item.token_ids)
+            return tables
+
+    monkeypatch.setattr(service.catalog, "TextualIdTrie", AddsMeanwhile)
+    old = catalog.trie
+    assert catalog.fold()
+    new = catalog.trie
+    assert new is not old and not late
+    assert len(old) == len(new) == len(catalog) == 38
+    assert new.overlay_size == 3  # the 35 items folded into the base, the 3 late ones replayed
+    for index, item in enumerate(_items(38)):
+        assert new.index_of(item.item_id) == index
+        assert new.find(item.token_ids) == index
+        assert catalog.textual_id(item.item_id) == item.textual_id
+    assert int(new.tables().leaf_count[0]) == 38
+
+
 def test_catalog_fold_while_items_arrive():
     catalog = Catalog(_items(100), EOS)
     incoming = _items(400, offset=100)
@@ -182,6 +215,14 @@ async def test_app_folds_the_trie_while_serving(make_settings):
             response = await client.post("/v1/items", json={"item_id": f"f{i}", "metadata": {"title": f"toy {i}"}})
             assert response.status_code == 201
         assert await _eventually(lambda: state.catalog.folds >= 1)
+        # The fold the overlay's size set off is counted once, and the overlay gauge follows it.
+        for _ in range(250):
+            text = (await client.get("/metrics")).text
+            if metric_value(text, "genrec_trie_folds_total") >= 1:
+                break
+            await asyncio.sleep(0.02)
+        assert metric_value(text, "genrec_trie_folds_total") == state.catalog.folds == 1
+        assert metric_value(text, "genrec_trie_overlay_items") == state.catalog.overlay_size < 3
 
         async def fold_again():
             for i in range(4, 7):
@@ -195,7 +236,6 @@ async def test_app_folds_the_trie_while_serving(make_settings):
             assert {f"f{i}" for i in range(4)} <= {i["item_id"] for i in response.json()["items"]}
         final = await client.post("/v1/recommendations", json={"history": ["m1"], "k": 100})
         assert len(final.json()["items"]) == N_ITEMS + 7 - 1
-        assert "genrec_trie_folds_total" in (await client.get("/metrics")).text
 
 
 async def _eventually(predicate, timeout_s: float = 5.0) -> bool:
@@ -284,3 +324,111 @@ async def test_batcher_stop_finishes_the_running_batch():
         await stopping
         assert await first == "a"  # the batch under way was delivered
         assert await second == "b"  # and what was queued before the stop
+
+
+class GatedHandle:
+    """A batcher's `handle` that records each batch and, for the requests named in `gated`,
+    reports that it is running them and waits until the test opens their gate."""
+
+    def __init__(self, *gated: str):
+        self.gates = {name: threading.Event() for name in gated}
+        self.running: queue.Queue[str] = queue.Queue()
+        self.seen: list[list[str]] = []
+
+    def __call__(self, requests: list[str]) -> list:
+        self.seen.append(list(requests))
+        for request in requests:
+            if request in self.gates:
+                self.running.put(request)
+                self.gates[request].wait(10)
+        return [ValueError(r) if r.startswith("bad") else r.upper() for r in requests]
+
+    async def wait_running(self) -> str:
+        return await asyncio.to_thread(self.running.get, True, 10)
+
+    def open_all(self) -> None:
+        for gate in self.gates.values():
+            gate.set()
+
+
+@pytest.mark.anyio
+async def test_batcher_stop_past_its_timeout_fails_the_running_batch_and_the_queue():
+    """A batch still running when stop's timeout ends is cancelled; its callers and the ones
+    queued behind it get BatcherClosed (none is left waiting forever)."""
+    handle = GatedHandle("a")
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher("test", handle, executor, max_batch=1, max_wait_ms=0)
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit("a"))
+        assert await handle.wait_running() == "a"
+        queued = asyncio.ensure_future(batcher.submit("b"))
+        await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        await batcher.stop(timeout_s=0.2)
+        stopped = asyncio.get_running_loop().time() - started
+        for caller in (running, queued):
+            with pytest.raises(BatcherClosed):
+                await asyncio.wait_for(caller, 2)
+        assert 0.2 <= stopped < 2.0
+        assert batcher._task is None
+        with pytest.raises(BatcherClosed):
+            await batcher.submit("c")
+        handle.open_all()  # the executor thread finishes the abandoned call
+    assert handle.seen == [["a"]]
+
+
+@pytest.mark.anyio
+async def test_batcher_skips_callers_that_left_and_discards_results_nobody_waits_for():
+    """A request whose caller went away before its batch ran is never handled; one whose caller
+    went away while it ran has its result handed to `discard` (errors are not); the batcher
+    goes on serving the others."""
+    handle = GatedHandle("a", "bad-x")
+    discarded: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher("test", handle, executor, max_batch=1, max_wait_ms=0,
+                               discard=lambda request, result: discarded.append((request, result)))
+        batcher.start()
+        running = asyncio.ensure_future(batcher.submit("a"))
+        assert await handle.wait_running() == "a"
+        left_in_queue = asyncio.ensure_future(batcher.submit("b"))
+        await asyncio.sleep(0.01)
+        left_in_queue.cancel()
+        running.cancel()  # its caller leaves while "a" is being handled
+        handle.gates["a"].set()
+        failing = asyncio.ensure_future(batcher.submit("bad-x"))
+        assert await handle.wait_running() == "bad-x"
+        failing.cancel()
+        handle.gates["bad-x"].set()
+        assert await batcher.submit("c") == "C"
+        await batcher.stop()
+    assert handle.seen == [["a"], ["bad-x"], ["c"]]  # "b" was never handled
+    assert discarded == [("a", "A")]  # "bad-x" failed: nothing to give back
+
+
+@pytest.mark.anyio
+async def test_batcher_a_failing_batch_fails_its_callers_only():
+    """`handle` raising, or returning the wrong number of results, fails every caller of that
+    batch with the error, and the next batch is served."""
+    calls = []
+
+    def handle(requests):
+        calls.append(list(requests))
+        if "boom" in requests:
+            raise RuntimeError("boom")
+        return requests[:-1] if "short" in requests else [r.upper() for r in requests]
+
+    with ThreadPoolExecutor(1) as executor:
+        batcher = MicroBatcher("test", handle, executor, max_batch=2, max_wait_ms=50, adaptive_wait=False)
+        with pytest.raises(BatcherClosed):
+            await batcher.submit("early")  # not started yet
+        batcher.start()
+
+        def both(a, b):  # never waits forever, should the batcher die
+            return asyncio.wait_for(asyncio.gather(batcher.submit(a), batcher.submit(b), return_exceptions=True), 5)
+
+        assert [type(r) for r in await both("boom", "x")] == [RuntimeError, RuntimeError]
+        results = await both("short", "y")
+        assert all(isinstance(r, RuntimeError) and "1 results for 2 requests" in str(r) for r in results), results
+        assert await both("p", "q") == ["P", "Q"]
+        await batcher.stop()
+    assert calls == [["boom", "x"], ["short", "y"], ["p", "q"]]

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from service.embedded_redis import EmbeddedRedis
 from service.registry import namespace
 
-from .conftest import N_ITEMS, assert_error, serve, wait_until
+from .conftest import N_ITEMS, assert_error, metric_value, serve, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -198,7 +198,12 @@ async def test_readyz_503_when_redis_goes_away(make_settings, tmp_path):
             minted = await client.post("/v1/items", json={"item_id": "offline", "metadata": {"title": "toy"}})
             assert_error(minted, 503, "store_unavailable")
             assert_error(await client.get("/v1/items/m1"), 503, "store_unavailable")
-            assert "genrec_redis_errors_total" in (await client.get("/metrics")).text
+            # Each failure counted once, under its operation (the follower's retries are its own).
+            text = (await client.get("/metrics")).text
+            assert metric_value(text, "genrec_redis_errors_total", operation="ping") == 1  # the failed /readyz
+            assert metric_value(text, "genrec_redis_errors_total", operation="mint") == 1
+            assert metric_value(text, "genrec_redis_errors_total", operation="request") == 1  # the item read
+            assert metric_value(text, "genrec_redis_errors_total", operation="lookup") == 0  # m1 is known
     finally:
         server.stop()
 

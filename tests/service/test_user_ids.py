@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 
 import genrec.idgenrec.method as method_module
+import genrec.idgenrec.recommender as recommender_module
 from genrec.bundle import load_bundle
+from genrec.idgenrec.prompts import HISTORY_SEPARATOR
 from genrec.idgenrec.user_ids import history_digest
+from genrec.method import Query
+from genrec.tokenization import encode_text
 from service.catalog import Catalog
 from service.engine import Engine, RecommendJob
 from service.metrics import ServiceMetrics
@@ -55,9 +59,37 @@ def test_user_ids_come_from_the_history_and_are_cached(bundle_path, registry, mo
     again = user_ids(jobs + [RecommendJob(("m5", "m6"), 5, True)])
     assert again[:2] == first and calls == [2, 1]
     assert len(cached_digests(registry)) == 3
-    # The prompt carries the user ID, and recommending works with it.
+    # Recommending works with user IDs (what reaches the prompt: the next test).
     results = engine.recommend_batch([RecommendJob(("m1", "m2", "m3"), 5, True)])
     assert not isinstance(results[0], Exception) and len(results[0]) == 5
+
+
+def test_the_textual_user_id_reaches_the_prompt(bundle_path, registry, monkeypatch):
+    """The encoder input of every query is the test template with the query's textual user ID
+    tokens where `{user_id}` stands, right after "Considering user"."""
+    engine = make_engine(bundle_path, registry)
+    method, trie, tokenizer = engine.method, engine.catalog.trie, engine.bundle.tokenizer
+    prompts: list[list[list[int]]] = []
+    real = recommender_module.constrained_beam_search
+
+    def spy(model, batch, *args, **kwargs):
+        prompts.append([list(p) for p in batch])
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(recommender_module, "constrained_beam_search", spy)
+    histories = [("m1", "m2", "m3"), ("m4",)]
+    queries = [Query(history=h, exclude=h) for h in histories]
+    user_ids = method.user_id_tokens(queries, trie, engine.cache)
+    assert all(user_ids), user_ids
+    method.recommend(queries, 5, trie, engine.cache)
+    assert len(prompts) == 1 and len(prompts[0]) == 2
+    before, between, after = (encode_text(tokenizer, part) for part in (
+        "Considering user", "has interacted with items", ". What is the next recommendation for the user ?"))
+    for prompt, history, user in zip(prompts[0], histories, user_ids, strict=True):
+        items = [list(trie.sequence(trie.index_of(i))[:-1]) for i in history]
+        separator = encode_text(tokenizer, HISTORY_SEPARATOR)
+        listed = [t for n, ids in enumerate(items) for t in (separator if n else []) + ids]
+        assert prompt == before + user + between + listed + after + [tokenizer.eos_token_id]
 
 
 def test_no_user_ids_when_the_bundle_has_none(bundle_path, registry):

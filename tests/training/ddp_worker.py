@@ -1,7 +1,8 @@
 """One rank of the DDP test (tests/training/test_ddp.py); started by torchrun, not by pytest.
 
 Trains a tiny recommender on a tiny split and writes `{out_dir}/rank{rank}.json` with the
-example indices this rank trained on (epoch 0) and a hash of the weights after training.
+example indices of every batch this rank trained on, per epoch, as the training loop reports
+them while it collates (not recomputed), and a hash of the weights after training.
 """
 
 import hashlib
@@ -51,11 +52,10 @@ def main(out_dir: Path) -> None:
 
     model = build_t5(TINY, tokenizer, seed=0)
     initial = weights_sha256(model)
-    seen: dict[str, object] = {}
+    batches: dict[int, list[list[int]]] = {}  # epoch -> the indices of each batch, in order
 
-    def on_examples(example_rank: int, indices: list[int]) -> None:
-        seen["rank"] = example_rank
-        seen["indices"] = list(indices)
+    def on_batch(epoch: int, indices: list[int]) -> None:
+        batches.setdefault(epoch, []).append(list(indices))
 
     config = RecommenderConfig(
         model=TINY,
@@ -76,13 +76,12 @@ def main(out_dir: Path) -> None:
         seed=0,
         validate=None,
         progress=False,
-        on_examples=on_examples,
+        on_batch=on_batch,
     )
     result = {
         "rank": rank,
         "world": world,
-        "callback_rank": seen.get("rank"),
-        "indices": seen.get("indices"),
+        "batches": [batches.get(epoch, []) for epoch in range(config.epochs)],
         "examples": history["examples"],
         "loss": history["loss"],
         "initial_sha256": initial,

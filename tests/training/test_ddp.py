@@ -37,20 +37,27 @@ def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_p
     results = {r["rank"]: r for r in (json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json")))}
     assert set(results) == {0, 1}
     first, second = results[0], results[1]
-    for rank, r in results.items():
+    for r in results.values():
         assert r["world"] == 2
-        assert r["callback_rank"] == rank
     examples = first["examples"]
     assert examples == second["examples"] > 0
+    per_rank = math.ceil(examples / 2)
 
-    a, b = first["indices"], second["indices"]
-    assert a != b
-    # Equal shares (the shuffle is padded by wrapping so the ranks stay in step) ...
-    assert len(a) == len(b) == math.ceil(examples / 2)
-    assert len(set(a)) == len(a) and len(set(b)) == len(b)
-    # ... that together cover every example, overlapping only by the padding.
-    assert set(a) | set(b) == set(range(examples))
-    assert len(set(a) & set(b)) == 2 * math.ceil(examples / 2) - examples
+    # What each rank really trained on, batch by batch, as the loop collated it (every epoch).
+    assert len(first["batches"]) == len(second["batches"]) == 2
+    for epoch, (batches_a, batches_b) in enumerate(zip(first["batches"], second["batches"], strict=True)):
+        # The ranks stay in step: the same number of batches, of the same sizes.
+        assert [len(batch) for batch in batches_a] == [len(batch) for batch in batches_b], epoch
+        a = [i for batch in batches_a for i in batch]
+        b = [i for batch in batches_b for i in batch]
+        # Equal shares of half the examples (padded by wrapping so the ranks stay in step) ...
+        assert len(a) == len(b) == per_rank, (epoch, len(a), len(b), examples)
+        assert len(set(a)) == len(a) and len(set(b)) == len(b)
+        # ... that together cover every example, overlapping only by the padding.
+        assert set(a) | set(b) == set(range(examples))
+        assert len(set(a) & set(b)) == 2 * per_rank - examples
+    # Each epoch is shuffled anew.
+    assert first["batches"][0] != first["batches"][1]
 
     # Gradients were averaged: both ranks end with the same weights, and training changed them.
     assert first["initial_sha256"] == second["initial_sha256"]
