@@ -399,7 +399,9 @@ async def test_failover_to_a_lagging_replica(replicated_cluster, make_settings):
             assert set(app.state.service.catalog.minted_since(kept_entry)) == set(written)
             assert await wait_until(lambda f=follower: f.rewinds >= 1, timeout_s=10)
         # ... and wrote them back with the same IDs: the minting replica first, with metadata.
+        promoted = time.monotonic()
         assert await wait_until(lambda: set(written) <= set(redis_items(c, catalog)), timeout_s=10)
+        back_s = time.monotonic() - promoted
         stored = redis_items(c, catalog)
         assert {i: stored[i]["textual_id"] for i in acknowledged} == acknowledged
         assert all(stored[i]["metadata"] for i in written), "restored without metadata"
@@ -409,7 +411,8 @@ async def test_failover_to_a_lagging_replica(replicated_cluster, make_settings):
 
         assert await wait_until(lambda: restored() == len(written), timeout_s=5), restored()
         print(f"lost by Redis: {len(written)} entries ({len(acknowledged)} acknowledged without WAIT, 3 refused "
-              f"with WAIT); restored by the service replicas: {restored():.0f}")
+              f"with WAIT); restored by the service replicas: {restored():.0f}, all back {back_s:.2f} s after "
+              f"the promotion")
         # The refused mints, retried, answer the restored IDs once a replica confirms them
         # again: the promoted replica has none until the old master rejoins as its replica.
         assert_error(await waiting.post("/v1/items", json={"item_id": "waited-0", "metadata": TITLE}), 503)
