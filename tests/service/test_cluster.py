@@ -343,7 +343,10 @@ async def test_master_killed_replica_promoted_under_load(replicated_cluster, mak
         stored = redis_items(c, catalog)
         lost = {i for i in acknowledged if i not in stored}
         print(f"  {len(acknowledged)} mints acknowledged, {len(lost)} of them missing after the failover")
-        assert not lost  # A: on the replica before it was acknowledged; B: replicated in time on loopback
+        assert not {i for i in lost if i.startswith("fo-0-")}  # A's: on the replica before they were acknowledged
+        # B's (none in practice: replication on loopback outruns the kill) would be written back.
+        assert await wait_until(lambda: set(acknowledged) <= set(redis_items(c, catalog)), timeout_s=5)
+        stored = redis_items(c, catalog)
         assert {i: stored[i]["textual_id"] for i in acknowledged} == acknowledged
         assert len(set(acknowledged.values())) == len(acknowledged)
         for app in (app_a, app_b):
