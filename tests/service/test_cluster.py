@@ -135,6 +135,17 @@ def redis_items(cluster: LocalCluster, catalog: str) -> dict[str, dict]:
         return {key[len(prefix):]: client.hgetall(key) for key in keys}
 
 
+async def assert_all_kept(cluster: LocalCluster, catalog: str, acknowledged: dict[str, str], apps) -> None:
+    """Every acknowledged mint is in Redis with the ID it was answered, no two share an ID, and
+    every replica holds them all (those it learned from the stream too)."""
+    stored = redis_items(cluster, catalog)
+    assert {i: stored[i]["textual_id"] for i in acknowledged} == acknowledged
+    assert len(set(acknowledged.values())) == len(acknowledged)
+    for app in apps:
+        held = app.state.service.catalog
+        assert await wait_until(lambda held=held: all(i in held for i in acknowledged), timeout_s=10)
+
+
 async def recommended_ids(client, history=("m0",)) -> set[str]:
     response = await client.post("/v1/recommendations", json={"history": list(history), "k": 100})
     assert response.status_code == 200, response.text
@@ -275,13 +286,7 @@ async def test_catalog_slot_migrated_under_load(cluster, make_settings):
 
             # Nothing lost, no duplicates, both replicas hold everything (what came after the
             # migration through the stream's new node).
-            acknowledged = load.acknowledged
-            stored = redis_items(cluster, catalog)
-            assert {i: stored[i]["textual_id"] for i in acknowledged} == acknowledged
-            assert len(set(acknowledged.values())) == len(acknowledged)
-            for app in (app_a, app_b):
-                held = app.state.service.catalog
-                assert await wait_until(lambda held=held: all(i in held for i in acknowledged), timeout_s=5)
+            await assert_all_kept(cluster, catalog, load.acknowledged, (app_a, app_b))
             for client in (a, b):
                 assert (await client.get("/readyz")).status_code == 200
     finally:
@@ -346,12 +351,7 @@ async def test_master_killed_replica_promoted_under_load(replicated_cluster, mak
         assert not {i for i in lost if i.startswith("fo-0-")}  # A's: on the replica before they were acknowledged
         # B's (none in practice: replication on loopback outruns the kill) would be written back.
         assert await wait_until(lambda: set(acknowledged) <= set(redis_items(c, catalog)), timeout_s=5)
-        stored = redis_items(c, catalog)
-        assert {i: stored[i]["textual_id"] for i in acknowledged} == acknowledged
-        assert len(set(acknowledged.values())) == len(acknowledged)
-        for app in (app_a, app_b):
-            held = app.state.service.catalog
-            assert await wait_until(lambda held=held: all(i in held for i in acknowledged), timeout_s=10)
+        await assert_all_kept(c, catalog, acknowledged, (app_a, app_b))
 
 
 @pytest.mark.slow
