@@ -14,12 +14,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
-from redis.exceptions import RedisError
-
 from genrec.bundle import BundleItem
 from genrec.trie import TextualIdTrie
 
-from .registry import MintedEvent, Registry
+from .redis_clients import STORE_ERRORS
+from .registry import ItemRecord, MintedEvent, Registry
 
 log = logging.getLogger("service.catalog")
 
@@ -32,6 +31,8 @@ class Catalog:
         self._trie = TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
         self._textual: dict[str, str] = {i.item_id: i.textual_id for i in items}
         self._bundle_text: dict[str, str] = {i.item_id: i.text for i in items}
+        self._records: dict[str, ItemRecord] = {}  # minted items whose whole record was seen
+        self._entries: dict[str, str] = {}  # minted item -> id of its latest events stream entry
         self._write_lock = threading.Lock()  # adds and the swap of a fold
         self._fold_lock = threading.Lock()  # one fold at a time
         self.folds = 0
@@ -55,6 +56,34 @@ class Catalog:
 
     def bundle_text(self, item_id: str) -> str | None:
         return self._bundle_text.get(item_id)
+
+    def record(self, item_id: str) -> ItemRecord | None:
+        """The whole record of a minted item, when this replica committed or read it."""
+        return self._records.get(item_id)
+
+    def remember(self, record: ItemRecord) -> None:
+        """Keeps a minted item's record (metadata included), to answer look-ups from memory
+        while Redis is unavailable; items never change once minted."""
+        if record.source != "bundle":
+            self._records[record.item_id] = record
+
+    def token_ids(self, item_id: str) -> list[int] | None:
+        """The item's trie key (ID tokens + EOS)."""
+        trie = self._trie
+        index = trie.index_of(item_id)
+        return None if index is None else list(trie.sequence(index))
+
+    def note_entry(self, item_id: str, entry_id: str) -> None:
+        """Where a minted item is in the events stream (to know what a lossy failover took)."""
+        if entry_id:
+            self._entries[item_id] = entry_id
+
+    def minted_since(self, entry_id: str) -> list[str]:
+        """The minted items this replica holds whose stream entry comes after `entry_id`, in
+        stream order."""
+        after = _entry_order(entry_id)
+        later = [(order, item) for item, entry in list(self._entries.items()) if (order := _entry_order(entry)) > after]
+        return [item for _order, item in sorted(later)]
 
     def unknown(self, item_ids: Iterable[str]) -> list[str]:
         """The ids (first occurrence order, no repeats) that the catalog does not hold."""
@@ -105,6 +134,18 @@ class EventFollower:
     It outlives Redis outages: a failed read is retried with exponential backoff (capped at
     `max_backoff_s`) for as long as the app runs, and resumes after `last_id`, so the items
     minted while this replica was cut off arrive once Redis answers again, without a restart.
+    On a cluster the reads follow the stream's slot to whichever node serves it (redirects
+    after a migration, a new slot map after a failover).
+
+    Before each read it checks that the entry it had read last before the previous read is
+    still in the stream (entries are never deleted): a Redis that changed under that read (a
+    failover to a replica that had not received the newest entries, or a Redis restarted
+    without its data, even one the client reconnected to at once) shows as that entry gone.
+    The follower then goes on from the newest entry left at or before it (new entries could
+    otherwise fall below `last_id` and be skipped) and reports that entry (`on_rewind`), after
+    which the app writes back the lost items it holds. The check costs one XREVRANGE a read.
+    (Comparing with the stream's last id instead would miss the loss once new entries or
+    another replica's restores follow it.)
     """
 
     def __init__(
@@ -117,6 +158,7 @@ class EventFollower:
         max_backoff_s: float = 2.0,
         on_added: Callable[[MintedEvent], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
+        on_rewind: Callable[[str], None] | None = None,
     ):
         self.registry = registry
         self.catalog = catalog
@@ -125,6 +167,8 @@ class EventFollower:
         self.max_backoff_s = max_backoff_s
         self.on_added = on_added
         self.on_error = on_error
+        self.on_rewind = on_rewind
+        self.rewinds = 0
         self.connected = True  # False from a failed read until the next one succeeds
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -136,6 +180,7 @@ class EventFollower:
             if not (event.item_id and event.textual_id and event.token_ids):
                 log.warning("event %s is malformed; skipped", event.entry_id)
                 continue
+            self.catalog.note_entry(event.item_id, event.entry_id)
             try:
                 if self.catalog.add(event.item_id, event.textual_id, event.token_ids):
                     added += 1
@@ -147,8 +192,12 @@ class EventFollower:
 
     async def run(self) -> None:
         backoff = 0.1
+        boundary = None  # `last_id` before the previous read
         while not self._stopping:
             try:
+                if boundary is not None:
+                    await self._check_continuity(boundary)
+                boundary = self.last_id
                 events = await self.registry.read_events(self.last_id, block_ms=self.block_ms)
             except asyncio.CancelledError:
                 raise
@@ -165,10 +214,24 @@ class EventFollower:
             backoff = 0.1
             self.apply(events)
 
+    async def _check_continuity(self, entry_id: str) -> None:
+        if entry_id == "0-0":
+            return
+        last = await self.registry.latest_event_up_to(entry_id)
+        if last == entry_id:
+            return
+        log.error("entry %s of the events stream, which this replica read, is gone, and the stream has nothing "
+                  "between it and %s: entries were lost (a Redis failover to a replica that had not received them, "
+                  "or Redis restarted without its data); following on from %s", entry_id, last, last)
+        self.last_id = last
+        self.rewinds += 1
+        if self.on_rewind is not None:
+            self.on_rewind(last)
+
     def _failed(self, exc: Exception, backoff: float) -> None:
         if self.on_error is not None:
             self.on_error(exc)
-        if isinstance(exc, RedisError | OSError):
+        if isinstance(exc, STORE_ERRORS):
             log.warning("following the events stream failed (%s); retrying in %.1f s", exc, backoff)
         else:
             log.exception("following the events stream failed; retrying in %.1f s", backoff)
@@ -191,3 +254,9 @@ class EventFollower:
             log.warning("the event follower did not stop")
         elif not task.cancelled() and task.exception() is not None:
             log.warning("the event follower ended with %r", task.exception())
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ("<ms>-<seq>") as a tuple that sorts as Redis orders entries."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

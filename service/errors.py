@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genrec.errors import (
@@ -161,7 +161,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(err.status, err.code, err.message, err.details)
 
     @app.exception_handler(RedisError)
-    async def _redis(request: Request, exc: RedisError):
+    @app.exception_handler(RedisClusterException)  # the cluster client's: no reachable node, slots not covered
+    async def _redis(request: Request, exc: RedisError | RedisClusterException):
         log.warning("Redis error: %s: %s", type(exc).__name__, exc)
         _count_redis_error(request)
         return error_response(503, "store_unavailable", "the item registry (Redis) is unavailable; try again later")

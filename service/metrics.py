@@ -46,6 +46,15 @@ class ServiceMetrics:
             "genrec_items_followed", "items minted by other replicas, learned from the event stream", registry=r
         )
         self.redis_errors = Counter("genrec_redis_errors", "failed Redis operations", ["operation"], registry=r)
+        self.stream_rewinds = Counter(
+            "genrec_events_stream_rewinds",
+            "times the events stream ended before the last entry this replica had read (entries lost, "
+            "e.g. a failover to a Redis replica that had not received them)",
+            registry=r,
+        )
+        self.items_restored = Counter(
+            "genrec_items_restored", "lost minted items this replica wrote back to Redis after a rewind", registry=r
+        )
         self.catalog_items = Gauge("genrec_catalog_items", "items the trie holds (bundle + minted)", registry=r)
         self.trie_overlay_items = Gauge("genrec_trie_overlay_items", "minted items not yet folded into the base", registry=r)
         self.trie_folds = Counter("genrec_trie_folds", "rebuilds of the trie base", registry=r)

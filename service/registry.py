@@ -2,7 +2,7 @@
 records, and the stream of minted items every replica follows.
 
 Keys, all under the namespace `genrec:{<catalog>}:` (the braces are a Redis Cluster hash tag,
-so the keys of one catalog share a slot and its MULTI/EXEC transactions stay legal there):
+so the keys of one catalog share a slot: its multi-key scripts stay legal on a cluster):
 
     tid:<textual_id>  -> item_id            the uniqueness guarantee, taken with SET NX
     item:<item_id>    -> hash {textual_id, token_ids (JSON, EOS included), text,
@@ -10,29 +10,42 @@ so the keys of one catalog share a slot and its MULTI/EXEC transactions stay leg
                                replica (minted items: which replica minted it)}
     events            -> stream, one entry {item_id, textual_id, token_ids, replica} per minted item
     seeded            -> digest of the bundle whose items were seeded
+    uid:<digest>      -> a cached textual user ID (expires)
+    confirm           -> written before a WAIT that confirms an existing item (wait_replicas)
 
-A mint claims its ID first (SET NX, value: a pending marker of its batch, expiring after the
-pending-claim TTL), then writes the claim's final value (no expiry), the item hash and the
-stream entry in one MULTI/EXEC, watching the item key so two replicas minting the same item_id
-at once end with one winner. If the transaction fails or loses, the claim is deleted again
-(only while it still holds the marker), so nothing is left half-written; a replica that dies
-between claim and commit leaves its claim for at most the TTL.
+A mint claims its ID first (SET NX, value: a pending marker of this claim, expiring after the
+pending-claim TTL), then commits it with one Lua script, atomic on the slot's node: if the item
+exists already (another replica won) it gives the claim back and returns the existing record;
+if the claim is held by someone else it writes nothing; otherwise (the claim is still ours, or
+expired with nobody taking the ID meanwhile) it writes the claim's final value (no expiry), the
+item hash and the stream entry. A commit that fails is followed by a release of the claim (only
+while it still holds the marker), so nothing is left half-written; a replica that dies between
+claim and commit leaves its claim for at most the TTL. A commit whose reply was lost and that
+the client ran again finds its own record: that is told from a lost race by comparing it.
+
+The same code serves one Redis and a Redis Cluster (service/redis_clients.py): every command
+names keys of the one slot, and the scripts are sent with EVAL (not EVALSHA), so a node that
+took the slot over by a migration or a failover, whose script cache is empty, runs them too.
+With `wait_replicas`, a mint is acknowledged only once that many replicas of the slot's
+master have it (WAIT on the connection that wrote it, see `_run_in_slot`). `restore` writes back
+an item that a failover lost, from what a service replica holds (the same script, no claim).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-import redis
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import AskError, MovedError, TryAgainError
 from redis.retry import Retry
 
 try:  # redis-py 7+: maintenance notifications, which plain Redis does not support
@@ -42,6 +55,8 @@ except ImportError:  # pragma: no cover - older redis-py
 
 from genrec.bundle import BundleItem
 from genrec.errors import StoreUnavailableError
+
+from .redis_clients import STORE_ERRORS, async_client, sync_client
 
 log = logging.getLogger("service.registry")
 
@@ -62,6 +77,28 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'textual_id', ARGV[2], 'token_ids', ARGV[3], 'text', ARGV[4],
            'metadata', '', 'created_at', ARGV[5], 'source', 'bundle')
 return 1
+"""
+# A write in the catalog's slot for WAIT to wait on (KEYS: confirm; ARGV: replica).
+_CONFIRM = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600)"
+# Commits a claimed ID. KEYS: tid, item, events. ARGV: marker, item_id, textual_id, token_ids,
+# text, metadata, created_at, replica. Returns {1, stream entry id} when written, {0, the
+# existing item's hash as a flat list} when the item existed (the claim is given back), {-1}
+# when the claim no longer holds the marker (nothing written). An empty marker restores an item
+# that Redis lost: written unless its ID now belongs to another item ({-1}).
+_COMMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return {0, redis.call('HGETALL', KEYS[2])}
+end
+local owner = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if owner and owner ~= ARGV[2] then return {-1} end
+elseif owner and owner ~= ARGV[1] then return {-1} end  -- no owner: our claim expired, nobody took it
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'textual_id', ARGV[3], 'token_ids', ARGV[4], 'text', ARGV[5],
+           'metadata', ARGV[6], 'created_at', ARGV[7], 'source', 'minted', 'replica', ARGV[8])
+return {1, redis.call('XADD', KEYS[3], '*', 'item_id', ARGV[2], 'textual_id', ARGV[3],
+                      'token_ids', ARGV[4], 'replica', ARGV[8])}
 """
 
 
@@ -104,6 +141,7 @@ class MintedEvent:
 class CommitResult:
     record: ItemRecord
     created: bool  # False: the item_id already existed (another request or replica won)
+    entry_id: str = ""  # of the item's events stream entry, when this commit wrote it
 
 
 def namespace(catalog: str) -> str:
@@ -122,21 +160,46 @@ def _aio_retry() -> AsyncRetry:
     return AsyncRetry(ExponentialBackoff(cap=0.2, base=0.02), 1)
 
 
+class ReplicationUnconfirmedError(StoreUnavailableError):
+    """The commit was written on the slot's master, but fewer replicas than `wait_replicas`
+    confirmed it within the WAIT timeout: a failover now could lose it, so it is not
+    acknowledged (a retry with the same item_id finds it). `result`: what this commit wrote
+    (None when an existing item was being confirmed)."""
+
+    def __init__(self, item_id: str, confirmed: int, wanted: int, timeout_ms: int,
+                 result: CommitResult | None = None):
+        super().__init__(f"item {item_id!r} is stored but confirmed by {confirmed} of {wanted} "
+                         f"replica(s) within {timeout_ms} ms")
+        self.result = result
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
 class Registry:
-    """Async access for the event loop, plus a synchronous client for the claims that the
-    minting loop makes from the inference thread."""
+    """Async access for the event loop, plus synchronous clients for the claims and the user-ID
+    cache that the inference thread uses.
+
+    `cluster`: the URL is a Redis Cluster (one or several seed nodes); every client is then a
+    redis-py cluster client. `wait_replicas`: acknowledge a mint only once that many replicas
+    confirm it (WAIT, at most `wait_timeout_ms`); 0 leaves replication asynchronous.
+    """
 
     # After a failed user-ID cache call, the cache is skipped this long: while Redis is down
     # or hung, the inference thread pays at most one short timeout per window, not one per batch.
     CACHE_COOLDOWN_S = 5.0
 
     def __init__(self, url: str, catalog: str, timeout_s: float = 5.0, replica: str = "",
-                 lookup_timeout_s: float = 0.25, pending_ttl_s: float = 60.0):
+                 lookup_timeout_s: float = 0.25, pending_ttl_s: float = 60.0, *, cluster: bool = False,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000):
         self.url = url
         self.pending_ttl_ms = max(1, round(pending_ttl_s * 1000))
+        self.cluster = cluster
         self.replica = replica
         self.catalog = catalog
         self.prefix = namespace(catalog)
+        self.timeout_s = timeout_s
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         common = dict(
             decode_responses=True,
             socket_timeout=timeout_s,
@@ -146,20 +209,41 @@ class Registry:
         if MaintNotificationsConfig is not None:
             # Skip the extra handshake per connection that plain Redis answers with an error.
             common["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        self.aio = aioredis.Redis.from_url(url, retry=_aio_retry(), **common)
+        self.aio = async_client(url, cluster=cluster, retry=_aio_retry(), **common)
         # XREAD BLOCK holds its connection: a client of its own with a longer read timeout.
-        self.follow_client = aioredis.Redis.from_url(url, retry=_aio_retry(), **{**common, "socket_timeout": timeout_s + 5})
-        self.sync = redis.Redis.from_url(url, retry=_retry(), **common)
-        # The user-ID cache is optional (a miss is recomputed): short timeouts, no retries.
-        self.cache = redis.Redis.from_url(
-            url,
-            **{**common, "socket_timeout": lookup_timeout_s, "socket_connect_timeout": lookup_timeout_s},
-            retry=Retry(ExponentialBackoff(), 0),
-        )
+        self.follow_client = async_client(url, cluster=cluster, retry=_aio_retry(),
+                                          **{**common, "socket_timeout": timeout_s + 5})
+        # The synchronous clients are built on first use: a cluster client reads the slot map
+        # when it is built, which must not happen before the start has waited for Redis.
+        self._sync_options = {
+            "sync": dict(common, retry=_retry()),
+            # The user-ID cache is optional (a miss is recomputed): short timeouts, no retries.
+            "cache": dict(common, socket_timeout=lookup_timeout_s, socket_connect_timeout=lookup_timeout_s,
+                          retry=Retry(ExponentialBackoff(), 0)),
+        }
+        self._sync_clients: dict[str, Any] = {}
+        self._sync_lock = threading.Lock()
         self._cache_down_until = 0.0
-        self._release_sync = self.sync.register_script(_RELEASE)
-        self._release_aio = self.aio.register_script(_RELEASE)
-        self._seed_script = self.aio.register_script(_SEED)
+
+    def _sync_client(self, name: str):
+        client = self._sync_clients.get(name)
+        if client is None:
+            with self._sync_lock:
+                client = self._sync_clients.get(name)
+                if client is None:
+                    client = sync_client(self.url, cluster=self.cluster, **self._sync_options[name])
+                    self._sync_clients[name] = client
+        return client
+
+    @property
+    def sync(self):
+        """The synchronous client of the claims (inference thread)."""
+        return self._sync_client("sync")
+
+    @property
+    def cache(self):
+        """The synchronous client of the user-ID cache: short timeouts, no retries."""
+        return self._sync_client("cache")
 
     # ------------------------------------------------------------------ keys
 
@@ -177,24 +261,35 @@ class Registry:
     def seeded_key(self) -> str:
         return f"{self.prefix}seeded"
 
+    @property
+    def confirm_key(self) -> str:
+        return f"{self.prefix}confirm"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def ping(self) -> bool:
         return bool(await self.aio.ping())
 
+    async def probe(self) -> None:
+        """A keyed read in the catalog's slot: it answers only when the node that serves the
+        slot now (on a cluster, after redirects) does. A PING carries no key, so on a cluster
+        it says nothing about the catalog's slot."""
+        await self.aio.get(self.seeded_key)
+
     async def connect_follower(self) -> None:
-        """Opens the follower's connection before the follower task starts (cancelling a task
-        in the middle of redis-py's connection handshake can lose the cancellation)."""
-        await self.follow_client.ping()
+        """Opens the follower's connection (to the node of the catalog's slot) before the
+        follower task starts (cancelling a task in the middle of redis-py's connection
+        handshake can lose the cancellation)."""
+        await self.follow_client.exists(self.events_key)
 
     async def close(self) -> None:
         for client in (self.aio, self.follow_client):
             try:
                 await client.aclose()
-            except (RedisError, OSError):  # pragma: no cover - closing a broken connection
+            except STORE_ERRORS:  # pragma: no cover - closing a broken connection
                 pass
-        self.sync.close()
-        self.cache.close()
+        for client in self._sync_clients.values():
+            client.close()
 
     # ------------------------------------------------------------------ seeding and loading
 
@@ -207,11 +302,8 @@ class Registry:
             pipe = self.aio.pipeline(transaction=False)
             batch = items[start : start + chunk]
             for item in batch:
-                await self._seed_script(
-                    keys=[self.tid_key(item.textual_id), self.item_key(item.item_id)],
-                    args=[item.item_id, item.textual_id, json.dumps(list(item.token_ids)), item.text, created_at],
-                    client=pipe,
-                )
+                pipe.eval(_SEED, 2, self.tid_key(item.textual_id), self.item_key(item.item_id),
+                          item.item_id, item.textual_id, json.dumps(list(item.token_ids)), item.text, created_at)
             results = await pipe.execute()
             for item, result in zip(batch, results, strict=True):
                 if result == 1:
@@ -233,6 +325,12 @@ class Registry:
             found = await self.follow_client.xread({self.events_key: after}, count=count, block=block_ms)
             rows = found[0][1] if found else []
         return [_event(entry_id, fields) for entry_id, fields in rows]
+
+    async def latest_event_up_to(self, entry_id: str) -> str:
+        """The id of the newest entry at or before `entry_id` ("0-0": none). Entries are never
+        deleted, so anything but `entry_id` itself means entries were lost."""
+        rows = await self.aio.xrevrange(self.events_key, max=entry_id, min="-", count=1)
+        return rows[0][0] if rows else "0-0"
 
     async def load_events(self, page: int = 1000) -> tuple[list[MintedEvent], str]:
         """Every minted item so far and the id of the last entry (to follow from)."""
@@ -278,14 +376,14 @@ class Registry:
 
     def get_user_ids_sync(self, digests: Sequence[str]) -> list[list[int] | None]:
         """The cached textual user IDs (token ids) of a batch of history digests in one round
-        trip (MGET); None for each one absent, unreadable, or when Redis cannot answer within
-        the lookup timeout (the caller then generates it, which gives the same ID: the cache
-        only saves the generator's time)."""
+        trip (MGET; the keys share the catalog's slot); None for each one absent, unreadable, or
+        when Redis cannot answer within the lookup timeout (the caller then generates it, which
+        gives the same ID: the cache only saves the generator's time)."""
         if not digests or not self.cache_available:
             return [None] * len(digests)
         try:
             raws = self.cache.mget([self.user_id_key(d) for d in digests])
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             self._cache_failed("read", exc)
             return [None] * len(digests)
         return [_parse_token_list(raw) for raw in raws]
@@ -300,7 +398,7 @@ class Registry:
             for digest, tokens in tokens_by_digest.items():
                 pipe.set(self.user_id_key(digest), json.dumps([int(t) for t in tokens]), ex=ttl_s)
             pipe.execute()
-        except (RedisError, OSError) as exc:
+        except STORE_ERRORS as exc:
             self._cache_failed("write", exc)
 
     # ------------------------------------------------------------------ minting
@@ -313,21 +411,21 @@ class Registry:
         key = self.tid_key(textual_id)
         try:
             return bool(self.sync.set(key, marker, nx=True, px=self.pending_ttl_ms)) or self.sync.get(key) == marker
-        except RedisError as exc:
+        except STORE_ERRORS as exc:
             raise StoreUnavailableError(f"cannot claim a textual ID: {exc}") from exc
 
     def release_sync(self, textual_ids: Iterable[str], marker: str) -> None:
         """Best effort: gives back claims that still hold `marker`."""
         for textual_id in textual_ids:
             try:
-                self._release_sync(keys=[self.tid_key(textual_id)], args=[marker])
-            except RedisError as exc:
+                self.sync.eval(_RELEASE, 1, self.tid_key(textual_id), marker)
+            except STORE_ERRORS as exc:
                 log.warning("could not release the claim on %r: %s", textual_id, exc)
 
     async def release(self, textual_id: str, marker: str) -> None:
         try:
-            await self._release_aio(keys=[self.tid_key(textual_id)], args=[marker])
-        except RedisError as exc:
+            await self.aio.eval(_RELEASE, 1, self.tid_key(textual_id), marker)
+        except STORE_ERRORS as exc:
             log.warning("could not release the claim on %r: %s", textual_id, exc)
 
     async def commit(
@@ -339,17 +437,17 @@ class Registry:
         metadata: dict,
         marker: str,
     ) -> CommitResult:
-        """Finalises a claimed ID: tid value, item hash and stream entry in one transaction.
+        """Finalises a claimed ID: tid value, item hash and stream entry in one atomic script.
 
         If the item_id exists already (another request or replica won the race), the claim
-        is released and the existing record returned. A claim that expired (a mint slower than
-        the pending-claim TTL) is taken back in the transaction if nobody took the ID meanwhile.
-        A connection lost after EXEC was sent (WatchError) is told from a lost race by the
-        record in Redis: finding the very record this commit wrote, EXEC ran. On a Redis
-        failure the claim is released (when Redis still answers) and StoreUnavailableError
-        raised.
+        is released and the existing record returned, unless it is the very record this commit
+        wrote (the script ran, its reply was lost and the client ran it again): then the item was
+        created here. A claim that expired (a mint slower than the pending-claim TTL) is taken
+        back if nobody took the ID meanwhile. On a Redis failure the claim is released (when
+        Redis still answers) and StoreUnavailableError raised. With `wait_replicas`, a new item
+        that fewer replicas confirm in time raises ReplicationUnconfirmedError (it stays
+        written: a retry finds it).
         """
-        tid_key, item_key = self.tid_key(textual_id), self.item_key(item_id)
         record = ItemRecord(
             item_id=item_id,
             textual_id=textual_id,
@@ -360,50 +458,86 @@ class Registry:
             source="minted",
         )
         try:
-            async with self.aio.pipeline(transaction=True) as pipe:
-                await pipe.watch(item_key, tid_key)
-                existing = await pipe.hgetall(item_key)
-                owner = await pipe.get(tid_key)
-                if existing or owner not in (marker, None):
-                    await pipe.unwatch()
-                    await self.release(textual_id, marker)
-                    if existing:
-                        return CommitResult(ItemRecord.from_hash(item_id, existing), created=False)
-                    raise StoreUnavailableError(f"the claim on {textual_id!r} was lost before it was committed")
-                pipe.multi()
-                pipe.set(tid_key, item_id)
-                pipe.hset(
-                    item_key,
-                    mapping={
-                        "textual_id": textual_id,
-                        "token_ids": json.dumps(record.token_ids),
-                        "text": text,
-                        "metadata": json.dumps(metadata, ensure_ascii=False),
-                        "created_at": record.created_at,
-                        "source": "minted",
-                        "replica": self.replica,
-                    },
-                )
-                pipe.xadd(
-                    self.events_key,
-                    {
-                        "item_id": item_id,
-                        "textual_id": textual_id,
-                        "token_ids": json.dumps(record.token_ids),
-                        "replica": self.replica,
-                    },
-                )
-                await pipe.execute()
-            return CommitResult(record, created=True)
-        except WatchError:
-            await self.release(textual_id, marker)
-            existing_record = await self.get_item(item_id)
-            if existing_record is None:
-                raise StoreUnavailableError(f"item {item_id!r} changed while it was being committed") from None
-            return CommitResult(existing_record, created=existing_record == record)
-        except RedisError as exc:
+            outcome, confirmed = await self._run_commit(record, marker)
+        except STORE_ERRORS as exc:
             await self.release(textual_id, marker)
             raise StoreUnavailableError(f"cannot store item {item_id!r}: {exc}") from exc
+        status = int(outcome[0])
+        if status == 0:
+            flat = outcome[1]
+            existing = ItemRecord.from_hash(item_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            await self.confirm(item_id)  # the winner's commit may not be on the replicas yet
+            return CommitResult(existing, created=existing == record)
+        if status < 0:
+            await self.release(textual_id, marker)
+            raise StoreUnavailableError(f"the claim on {textual_id!r} was lost before it was committed")
+        result = CommitResult(record, created=True, entry_id=str(outcome[1]))
+        if confirmed is not None and confirmed < self.wait_replicas:
+            raise ReplicationUnconfirmedError(item_id, confirmed, self.wait_replicas, self.wait_timeout_ms, result)
+        return result
+
+    async def restore(self, record: ItemRecord) -> int:
+        """Writes back a minted item that Redis lost (a failover to a replica that had not
+        received it) from what a service replica holds: 1 when restored (with a new stream
+        entry), 0 when Redis has the item, -1 when its textual ID now belongs to another item."""
+        outcome, _confirmed = await self._run_commit(record, marker="")
+        return int(outcome[0])
+
+    async def confirm(self, item_id: str) -> None:
+        """With `wait_replicas`: returns once that many replicas have everything written to the
+        catalog's slot so far (a write of the `confirm` key, then WAIT: replication is in
+        order, so they have the item too); ReplicationUnconfirmedError past the timeout. An
+        existing item is confirmed this way before a mint request is answered with it."""
+        if not self.wait_replicas:
+            return
+        _outcome, confirmed = await self._run_in_slot(_CONFIRM, (self.confirm_key,), (self.replica,))
+        if confirmed < self.wait_replicas:
+            raise ReplicationUnconfirmedError(item_id, confirmed, self.wait_replicas, self.wait_timeout_ms)
+
+    async def _run_commit(self, record: ItemRecord, marker: str) -> tuple[list, int | None]:
+        keys = (self.tid_key(record.textual_id), self.item_key(record.item_id), self.events_key)
+        metadata = "" if record.metadata is None else json.dumps(record.metadata, ensure_ascii=False)
+        args = (marker, record.item_id, record.textual_id, json.dumps(record.token_ids), record.text, metadata,
+                record.created_at, self.replica)
+        return await self._run_in_slot(_COMMIT, keys, args)
+
+    async def _run_in_slot(self, script: str, keys: Sequence[str], args: Sequence[str]) -> tuple[Any, int | None]:
+        """Runs a write script on the catalog's slot, followed, with `wait_replicas`, by WAIT on
+        the same connection (WAIT counts the replicas that have that connection's writes):
+        (the script's answer, how many replicas confirmed it, or None without WAIT)."""
+        if not self.cluster:
+            pipe = self.aio.pipeline(transaction=False)
+            pipe.eval(script, len(keys), *keys, *args)
+            if self.wait_replicas:
+                pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            outcome, *rest = await pipe.execute()
+            return outcome, (int(rest[0]) if rest else None)
+        # A cluster pipeline runs each node's commands on one connection of that node: the
+        # script and WAIT both go to the node that serves the slot as far as the client knows.
+        # Redirects are not followed inside the pipeline (the script would run elsewhere than
+        # WAIT); after one the commit is sent again, as is a commit refused while the slot is
+        # being migrated (TRYAGAIN: its keys are split between the two nodes; ASK: the target
+        # must create the item), until the Redis timeout: a migration delays mints, it does not
+        # fail them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            await self.aio.initialize()  # a no-op while the slot map is known
+            node = self.aio.get_node_from_key(keys[0])
+            pipe = self.aio.pipeline(transaction=False)
+            pipe.eval(script, len(keys), *keys, *args)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms, target_nodes=node)
+            try:
+                outcome, *rest = await pipe.execute(allow_redirections=False)
+                return outcome, (int(rest[0]) if rest else None)
+            except (AskError, TryAgainError) as exc:  # MovedError is an AskError
+                if loop.time() >= deadline:
+                    raise
+                if isinstance(exc, MovedError):
+                    await self.aio.exists(keys[0])  # follows the redirect: the client learns the slot's new node
+                else:
+                    await asyncio.sleep(0.02)
 
     # ------------------------------------------------------------------ tests / operations
 

@@ -183,6 +183,11 @@ class ItemRecordResponse(BaseModel):
     source: str = Field(description='"bundle" or "minted"')
     created_at: str | None = None
     recommendable: bool = Field(True, description="whether recommendations can return the item (see ItemCreated)")
+    partial: bool = Field(
+        False,
+        description="true when Redis could not be read and this replica knows only the item's textual ID "
+        "(an item another replica minted): metadata, text and created_at are missing; ask again later",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -1,16 +1,19 @@
 """Service settings, read from environment variables and validated at start.
 
-Every variable has the `GENREC_` prefix except the two the operators know by their usual
-names, `REDIS_URL` and `API_TOKEN` (the prefixed forms `GENREC_REDIS_URL` and
-`GENREC_API_TOKEN` work too). `Settings()` raises pydantic's ValidationError on a bad value.
+Every variable has the `GENREC_` prefix except the three the operators know by their usual
+names, `REDIS_URL`, `REDIS_CLUSTER` and `API_TOKEN` (the prefixed forms `GENREC_REDIS_URL`,
+`GENREC_REDIS_CLUSTER` and `GENREC_API_TOKEN` work too). `Settings()` raises pydantic's ValidationError on a bad value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redis_clients import cluster_url_problem
 
 ENV_PREFIX = "GENREC_"
 
@@ -30,6 +33,21 @@ class Settings(BaseSettings):
         None,
         pattern=r"^[A-Za-z0-9._-]{1,80}$",
         description="Redis namespace of the catalog (default: the bundle's dataset and a digest of its IDs)",
+    )
+    redis_cluster: bool = Field(
+        False,
+        validation_alias=AliasChoices("REDIS_CLUSTER", "GENREC_REDIS_CLUSTER"),
+        description="REDIS_URL is a Redis Cluster (one or several comma-separated seed nodes)",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="acknowledge a mint only once this many replicas of the Redis master have it (WAIT); "
+        "0: replication stays asynchronous",
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, le=60_000, description="how long a mint waits for those replicas before it answers 503"
     )
     data_dir: Path = Field(Path("var/redis"), description="data folder of the embedded Redis")
     redis_timeout_s: float = Field(5.0, gt=0, le=60, description="Redis socket timeout")
@@ -90,6 +108,21 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _redis_topology(self) -> Settings:
+        url = self.redis_url
+        if self.redis_cluster:
+            if url is None:
+                raise ValueError("REDIS_CLUSTER needs REDIS_URL: the embedded Redis is a single server")
+            problem = cluster_url_problem(url)
+            if problem is not None:
+                raise ValueError(problem)
+        elif url is not None and "," in urlsplit(url).netloc.rpartition("@")[2]:
+            raise ValueError("REDIS_URL lists several nodes, which only a Redis Cluster takes: set REDIS_CLUSTER=true")
+        if self.redis_wait_replicas and url is None:
+            raise ValueError("GENREC_REDIS_WAIT_REPLICAS needs REDIS_URL: the embedded Redis has no replicas")
+        return self
 
     @model_validator(mode="after")
     def _bundle_exists(self) -> Settings:

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI
-from redis.exceptions import RedisError
 
 from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
@@ -34,7 +33,8 @@ from .embedded_redis import EmbeddedRedis
 from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
 from .errors import ApiError, invalid
 from .metrics import ServiceMetrics
-from .registry import CommitResult, ItemRecord, Registry
+from .redis_clients import STORE_ERRORS
+from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError
 from .schemas import (
     ItemCreateRequest,
     ItemRecordResponse,
@@ -91,6 +91,7 @@ class ServiceState:
         self.replica_id = uuid.uuid4().hex[:12]
         self._inflight_mints: dict[str, asyncio.Task] = {}
         self._fold_task: asyncio.Task | None = None
+        self._restore_task: asyncio.Task | None = None
         self.metrics = ServiceMetrics(catalog_size=lambda: float(len(self.catalog)) if self.catalog else 0.0)
 
     # ------------------------------------------------------------------ lifecycle
@@ -120,7 +121,8 @@ class ServiceState:
             catalog_name = s.catalog or default_catalog(self.bundle)
             self.registry = Registry(url, catalog_name, timeout_s=s.redis_timeout_s, replica=self.replica_id,
                                      lookup_timeout_s=s.redis_lookup_timeout_s,
-                                     pending_ttl_s=s.pending_claim_ttl_s)
+                                     pending_ttl_s=s.pending_claim_ttl_s, cluster=s.redis_cluster,
+                                     wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
@@ -130,6 +132,7 @@ class ServiceState:
                 self.catalog,
                 last_id,
                 on_error=lambda _exc: self.metrics.redis_errors.labels(operation="follow").inc(),
+                on_rewind=self._stream_rewound,
             )
             self.follower.apply(events)  # the items minted before this start
             self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
@@ -172,9 +175,9 @@ class ServiceState:
         deadline = asyncio.get_running_loop().time() + self.settings.redis_startup_timeout_s
         while True:
             try:
-                await self.registry.ping()
+                await self.registry.probe()
                 return
-            except (RedisError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise StoreUnavailableError(f"Redis at {_redact(self.registry.url)} does not answer: {exc}") from exc
                 await asyncio.sleep(0.25)
@@ -196,6 +199,9 @@ class ServiceState:
                 pass
         if self._fold_task is not None:
             await asyncio.gather(self._fold_task, return_exceptions=True)
+        if self._restore_task is not None:
+            self._restore_task.cancel()
+            await asyncio.gather(self._restore_task, return_exceptions=True)
         if self.registry is not None:
             await self.registry.close()
         if self.executor is not None:
@@ -220,6 +226,53 @@ class ServiceState:
         if await asyncio.to_thread(self.catalog.fold):
             self.metrics.trie_folds.inc()
             self.metrics.trie_overlay_items.set(self.catalog.overlay_size)
+
+    def _stream_rewound(self, end: str) -> None:
+        """The events stream lost the entries after `end` (a failover to a Redis replica that
+        had not received them): the minted items this replica holds from among them are
+        written back, so their IDs stay reserved (docs/reliability.md, "Known limits"). A
+        stream lost whole (Redis restarted without its data) gets the bundle seeded again too."""
+        self.metrics.stream_rewinds.inc()
+        lost = self.catalog.minted_since(end)
+        if (lost or end == "0-0") and (self._restore_task is None or self._restore_task.done()):
+            self._restore_task = asyncio.create_task(self._restore(lost, reseed=end == "0-0"))
+
+    async def _restore(self, item_ids: list[str], reseed: bool = False) -> None:
+        if reseed:
+            try:
+                seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "",
+                                                  bundle_digest(self.bundle))
+                log.warning("the events stream was lost whole; the bundle's items were seeded again: %s", seeded)
+            except STORE_ERRORS as exc:
+                log.warning("could not seed the bundle's items again: %s", exc)
+        # Whole records first; items known only by their ID (learned from the stream) once every
+        # follower has retried (its backoff is at most 2 s), so that the replica that minted
+        # an item, which holds its metadata, restores it when it is still up.
+        whole = [i for i in item_ids if self.catalog.record(i) is not None]
+        bare = [i for i in item_ids if self.catalog.record(i) is None]
+        outcomes = {1: 0, 0: 0, -1: 0, None: 0}
+        for group, delay_s in ((whole, 0.0), (bare, self.follower.max_backoff_s + 1.0)):
+            if group:
+                await asyncio.sleep(delay_s)
+            for item_id in group:
+                record = self.catalog.record(item_id) or ItemRecord(
+                    item_id=item_id, textual_id=self.catalog.textual_id(item_id) or "",
+                    token_ids=self.catalog.token_ids(item_id) or [], text="", metadata=None, created_at="",
+                    source="minted")
+                try:
+                    status = await self.registry.restore(record)
+                except STORE_ERRORS as exc:
+                    log.warning("could not restore item %r: %s", item_id, exc)
+                    status = None
+                outcomes[status] += 1
+                if status == 1:
+                    self.metrics.items_restored.inc()
+                elif status == -1:
+                    log.error("item %r was lost by Redis and its textual ID %r now belongs to another item",
+                              item_id, record.textual_id)
+        log.warning("the events stream lost %d item(s) this replica holds: %d restored, %d already back, "
+                    "%d whose ID was taken meanwhile, %d failed", len(item_ids), outcomes[1], outcomes[0],
+                    outcomes[-1], outcomes[None])
 
     # ------------------------------------------------------------------ recommendations
 
@@ -256,7 +309,7 @@ class ServiceState:
             return item_ids, True
         try:
             records = await asyncio.wait_for(self.registry.get_items(item_ids), self.settings.redis_lookup_timeout_s)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*STORE_ERRORS, TimeoutError) as exc:
             self.metrics.redis_errors.labels(operation="lookup").inc()
             log.warning("looking up unknown history items in Redis failed: %s", exc or type(exc).__name__)
             return self.catalog.unknown(item_ids), False
@@ -278,7 +331,11 @@ class ServiceState:
             raise invalid("metadata", "has no text (every value is empty)")
         try:
             return await self._find_or_mint(body.item_id, MintJob(body.item_id, text, vocabulary), body.metadata)
-        except (RedisError, OSError, StoreUnavailableError) as exc:
+        except ReplicationUnconfirmedError as exc:
+            self.metrics.redis_errors.labels(operation="wait").inc()
+            log.warning("minting %r: %s", body.item_id, exc)
+            raise _mint_unconfirmed(exc) from exc
+        except (*STORE_ERRORS, StoreUnavailableError) as exc:
             self.metrics.redis_errors.labels(operation="mint").inc()
             log.warning("minting %r failed, Redis unavailable: %s", body.item_id, exc)
             raise _mint_unavailable() from exc
@@ -287,12 +344,14 @@ class ServiceState:
         """The known ID (memory, then Redis), the result of a mint of this item under way, or a new mint."""
         known = self.catalog.textual_id(item_id)
         if known is not None:
+            await self.registry.confirm(item_id)  # with GENREC_REDIS_WAIT_REPLICAS: on enough replicas
             return known, False
         inflight = self._inflight_mints.get(item_id)
         if inflight is None:
             existing = await self.registry.get_item(item_id)
             if existing is not None:
                 self._learn(existing)
+                await self.registry.confirm(item_id)
                 return existing.textual_id, False
             inflight = self._inflight_mints.get(item_id)  # another request may have started meanwhile
         if inflight is not None:
@@ -309,18 +368,29 @@ class ServiceState:
             minted: MintResult = await self.mint_batcher.submit(job)
         except BatcherClosed as exc:
             raise ApiError(503, "shutting_down", "the service is shutting down") from exc
-        result = await self.registry.commit(
-            job.item_id,
-            minted.minted.textual_id,
-            self.engine.trie_key(minted.minted),
-            job.text,
-            metadata,
-            minted.marker,
-        )
+        try:
+            result = await self.registry.commit(
+                job.item_id,
+                minted.minted.textual_id,
+                self.engine.trie_key(minted.minted),
+                job.text,
+                metadata,
+                minted.marker,
+            )
+        except ReplicationUnconfirmedError as exc:
+            # Written on the master, not acknowledged: held like any item, so that a retry
+            # finds it and, should a failover lose it, this replica restores it.
+            if exc.result is not None:
+                self._learned_commit(exc.result)
+            raise
+        self._learned_commit(result)
+        return result
+
+    def _learned_commit(self, result: CommitResult) -> None:
         self._learn(result.record)
         if result.created:
+            self.catalog.note_entry(result.record.item_id, result.entry_id)
             self.metrics.items_minted.inc()
-        return result
 
     def _learn(self, record: ItemRecord) -> None:
         try:
@@ -328,6 +398,8 @@ class ServiceState:
                 self._after_add(followed=False, count=False)
         except ValueError as exc:
             log.error("item %r cannot join the trie: %s", record.item_id, exc)
+            return
+        self.catalog.remember(record)
 
     def _discard_mint(self, job: MintJob, result: MintResult) -> None:
         asyncio.get_running_loop().create_task(self.registry.release(result.minted.textual_id, result.marker))
@@ -335,9 +407,24 @@ class ServiceState:
     # ------------------------------------------------------------------ reads
 
     async def get_item(self, item_id: str) -> ItemRecordResponse:
-        record = await self.registry.get_item(item_id)
+        """The item's record from Redis; when Redis cannot answer, from memory (as
+        recommendations are), if this replica knows the item."""
+        try:
+            record = await self.registry.get_item(item_id)
+        except STORE_ERRORS as exc:
+            self.metrics.redis_errors.labels(operation="item").inc()
+            held = self._held_item(item_id)
+            if held is None:
+                raise StoreUnavailableError(f"cannot read item {item_id!r}: {exc}") from exc
+            log.warning("reading item %r from Redis failed (%s); answered from memory", item_id, exc)
+            return held
         if record is None:
             raise ApiError(404, "item_not_found", f"item {item_id!r} is not in the catalog", {"item_id": item_id})
+        if record.source == "minted" and record.item_id in self.catalog:
+            self.catalog.remember(record)
+        return self._item_response(record)
+
+    def _item_response(self, record: ItemRecord, partial: bool = False) -> ItemRecordResponse:
         return ItemRecordResponse(
             item_id=record.item_id,
             textual_id=record.textual_id,
@@ -346,11 +433,36 @@ class ServiceState:
             source=record.source,
             created_at=record.created_at or None,
             recommendable=self.engine.is_recommendable(record.item_id),
+            partial=partial,
         )
+
+    def _held_item(self, item_id: str) -> ItemRecordResponse | None:
+        """What memory holds of an item: the whole record of a bundle item (Redis holds what
+        the bundle has) and of a minted one this replica committed or read; of an item learned
+        only from the events stream, its textual ID (`partial`: no metadata, text or time)."""
+        textual_id = self.catalog.textual_id(item_id)
+        if textual_id is None:
+            return None
+        record = self.catalog.record(item_id)
+        partial = False
+        if record is None:
+            text = self.catalog.bundle_text(item_id)
+            partial = text is None
+            record = ItemRecord(
+                item_id=item_id,
+                textual_id=textual_id,
+                token_ids=[],
+                text=text or "",
+                metadata=None,
+                created_at="" if partial else self.model_info.get("created_at") or "",
+                source="minted" if partial else "bundle",
+            )
+        return self._item_response(record, partial=partial)
 
     async def readiness(self) -> dict[str, str]:
         """Named checks, each "ok" or what is wrong: the bundle (and trie) loaded and the app
-        not stopping, and Redis answering a PING within a second."""
+        not stopping, and Redis answering, within a second, a read of a key in the catalog's
+        slot (on a cluster: from the node that serves the slot now)."""
         if self.ready and self.engine is not None:
             checks = {"bundle": "ok"}
         else:
@@ -359,9 +471,9 @@ class ServiceState:
             checks["redis"] = "not connected"
         else:
             try:
-                await asyncio.wait_for(self.registry.ping(), timeout=1.0)
+                await asyncio.wait_for(self.registry.probe(), timeout=1.0)
                 checks["redis"] = "ok"
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (*STORE_ERRORS, TimeoutError) as exc:
                 self.metrics.redis_errors.labels(operation="ping").inc()
                 checks["redis"] = f"unreachable ({type(exc).__name__})"
         return checks
@@ -374,6 +486,18 @@ def _mint_unavailable() -> ApiError:
         "store_unavailable",
         "cannot mint an ID now: the item registry (Redis) is unreachable, so the new ID's uniqueness "
         "cannot be guaranteed; retry later (retrying with the same item_id is safe)",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _mint_unconfirmed(exc: ReplicationUnconfirmedError) -> ApiError:
+    """The item is written on the Redis master, but not on enough replicas to survive a
+    failover: not acknowledged. A retry answers it (200) once enough replicas confirm it."""
+    return ApiError(
+        503,
+        "store_unavailable",
+        f"the item's ID is stored but not yet confirmed by {exc.wanted} Redis replica(s) "
+        f"({exc.confirmed} confirmed); retry with the same item_id (safe)",
         headers={"Retry-After": "1"},
     )
 

@@ -222,7 +222,8 @@ async def test_a_redis_error_does_not_show_its_text(served, monkeypatch):
         raise redis.ConnectionError(f"Error 2 connecting to unix socket: {SECRET_PATH}.sock")
 
     monkeypatch.setattr(app.state.service.registry, "get_item", fails)
-    error = assert_error(await client.get("/v1/items/m1"), 503, "store_unavailable")
+    # An item this replica does not hold (one it holds is answered from memory).
+    error = assert_error(await client.get("/v1/items/not-held"), 503, "store_unavailable")
     assert "secret" not in error["message"] and "socket" not in str(error)
 
 

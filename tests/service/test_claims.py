@@ -1,7 +1,7 @@
-"""Faults between a mint's claim (SET NX of a pending marker) and its commit (WATCH, MULTI/EXEC),
+"""Faults between a mint's claim (SET NX of a pending marker) and its commit (one Lua script),
 injected for real: a TCP proxy between a replica and Redis holds a command or loses its reply
-after Redis ran it, a second replica commits the same item between WATCH and EXEC, a replica
-process is SIGKILLed in the middle of a mint. In each case no ID is handed out twice, and none
+after Redis ran it, a second replica commits the same item while the first one's commit is on
+the wire, a replica process is SIGKILLed in the middle of a mint. In each case no ID is handed out twice, and none
 stays unusable: an orphaned claim expires after GENREC_PENDING_CLAIM_TTL_S.
 """
 
@@ -27,6 +27,7 @@ from .tcp_proxy import TcpProxy, ThreadedProxy
 from .test_lifecycle import cli_env, cli_process, wait_until_ready
 
 TITLE = {"title": "fresh space story"}
+COMMIT = b"redis.call('XADD'"  # a piece of the commit script, which only the commit sends
 
 
 @pytest.fixture
@@ -60,18 +61,18 @@ def tid_key(catalog: str, textual_id: str) -> str:
 
 
 @pytest.mark.anyio
-async def test_a_commit_between_watch_and_exec_wins_and_the_loser_gives_its_claim_back(
+async def test_a_concurrent_commit_wins_and_the_loser_gives_its_claim_back(
     make_settings, proxy, redis_url, catalog_name
 ):
-    """Replica A's MULTI/EXEC is held on the wire; replica B commits the same item meanwhile.
-    A's EXEC is refused (WatchError): A answers with B's ID and releases its own claim."""
+    """Replica A's commit is held on the wire; replica B commits the same item meanwhile. A's
+    commit script finds the item: A answers with B's ID and its claim is given back."""
     settings_a = make_settings(redis_url=proxy.url_for(redis_url), redis_timeout_s=20.0)
     async with serve(settings_a) as (app_a, a), serve(make_settings()) as (_app_b, b):
-        held = proxy.hold(b"EXEC")
+        held = proxy.hold(COMMIT)
         posting = asyncio.ensure_future(a.post("/v1/items", json={"item_id": "race-1", "metadata": TITLE}))
-        assert await asyncio.to_thread(held.wait, 20), "A never sent EXEC"
+        assert await asyncio.to_thread(held.wait, 20), "A never sent its commit"
         claim_a = minted(redis_url, catalog_name)["pending"]
-        assert len(claim_a) == 1  # A has claimed its ID and watches it and the item
+        assert len(claim_a) == 1  # A has claimed its ID
         won = await b.post("/v1/items", json={"item_id": "race-1", "metadata": TITLE})
         assert won.status_code == 201, won.text
         assert won.json()["textual_id"] not in claim_a  # A's claim kept B off A's ID
@@ -85,22 +86,22 @@ async def test_a_commit_between_watch_and_exec_wins_and_the_loser_gives_its_clai
     assert left["pending"] == {}  # A's claim was given back, not left to expire
     assert left["tids"] == {won.json()["textual_id"]: "race-1"} and left["events"] == 1
     assert app_a.state.service.catalog.textual_id("race-1") == won.json()["textual_id"]
-    print(f"\nEXEC refused after a concurrent commit: A answered 200 with B's ID {answered:.3f} s after its EXEC went on")
+    print(f"\nCommit after a concurrent one: A answered 200 with B's ID {answered:.3f} s after its commit went on")
 
 
 @pytest.mark.anyio
-async def test_a_commit_whose_exec_reply_is_lost_answers_with_the_id_it_committed(
+async def test_a_commit_whose_reply_is_lost_answers_with_the_id_it_committed(
     make_settings, proxy, redis_url, catalog_name
 ):
-    """Redis ran the EXEC, and the connection died before its reply came back: the replica
-    finds its own record in Redis and answers 201 with that ID (not a 503 that would make the
+    """Redis ran the commit script, and the connection died before its reply came back: the
+    client runs it again, which finds the replica's own record, and it answers 201 with that ID (not a 503 that would make the
     client mint again, not a second ID)."""
     async with serve(make_settings(redis_url=proxy.url_for(redis_url))) as (app, client):
-        lost = proxy.lose_reply(b"EXEC")
+        lost = proxy.lose_reply(COMMIT)
         started = time.monotonic()
         response = await client.post("/v1/items", json={"item_id": "lost-exec", "metadata": TITLE})
         took = time.monotonic() - started
-        assert lost.is_set(), "the EXEC reply was not lost"
+        assert lost.is_set(), "the commit's reply was not lost"
         assert response.status_code == 201, response.text
         body = response.json()
         assert body["created"] is True
@@ -111,7 +112,7 @@ async def test_a_commit_whose_exec_reply_is_lost_answers_with_the_id_it_committe
         assert app.state.service.catalog.textual_id("lost-exec") == body["textual_id"]
     left = minted(redis_url, catalog_name)
     assert left["pending"] == {} and left["tids"] == {body["textual_id"]: "lost-exec"} and left["events"] == 1
-    print(f"\nEXEC reply lost: answered 201 with the committed ID in {took:.2f} s")
+    print(f"\nCommit reply lost: answered 201 with the committed ID in {took:.2f} s")
 
 
 @pytest.mark.anyio
@@ -198,7 +199,7 @@ async def test_a_mint_nobody_waits_for_any_more_gives_its_claim_back(make_settin
 def test_a_replica_killed_between_claim_and_commit_frees_its_id_after_the_ttl(
     bundle_path, redis_url, catalog_name, make_settings, tmp_path
 ):
-    """A genrec-serve process claims an ID, its commit is held on the wire (WATCH), and it is
+    """A genrec-serve process claims an ID, its commit is held on the wire, and it is
     SIGKILLed: its claim outlives it, expires after GENREC_PENDING_CLAIM_TTL_S, and another
     replica then mints that very ID for the item."""
     ttl_s = 2.0
@@ -209,7 +210,7 @@ def test_a_replica_killed_between_claim_and_commit_frees_its_id_after_the_ttl(
                       GENREC_REDIS_TIMEOUT_S="30")
         with cli_process(bundle_path, port, env, log) as process:
             wait_until_ready(process, f"http://127.0.0.1:{port}", log)
-            held = proxy.hold(b"WATCH")
+            held = proxy.hold(COMMIT)
             poster = threading.Thread(target=_post_quietly, args=(f"http://127.0.0.1:{port}/v1/items", body))
             poster.start()
             assert held.wait(60), f"the replica never committed:\n{log.read_text()}"

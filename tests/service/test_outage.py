@@ -16,7 +16,7 @@ import pytest
 from service.registry import Registry
 
 from .conftest import N_ITEMS, assert_error, serve, wait_until
-from .redis_server import RedisServer
+from .redis_server import RedisServer, registry_contents
 from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -214,3 +214,59 @@ def test_a_missing_redis_server_fails_in_ci_and_skips_elsewhere(tmp_path, monkey
     with pytest.raises(outcome, match="install Redis 7") as raised:
         RedisServer(tmp_path / "redis-data")
     assert ("CI=true" in str(raised.value)) == in_ci
+
+
+async def test_item_lookups_answered_from_memory_while_redis_is_down(make_settings, redis_server):
+    settings = make_settings(redis_url=redis_server.url, redis_timeout_s=0.5)
+    async with serve(settings) as (_app_a, a), serve(settings) as (app_b, b):
+        assert (await a.post("/v1/items", json={"item_id": "held", "metadata": TITLE})).status_code == 201
+        assert await wait_until(lambda: "held" in app_b.state.service.catalog)
+        with_redis = {item: (await a.get(f"/v1/items/{item}")).json() for item in ("held", "m3")}
+
+        redis_server.crash()
+
+        # The same answers from memory: the bundle's items, and the item this replica minted.
+        for item, expected in with_redis.items():
+            response = await a.get(f"/v1/items/{item}")
+            assert response.status_code == 200 and response.json() == expected
+        assert (await b.get("/v1/items/m3")).json() == with_redis["m3"]
+        # B learned "held" from the events stream: its ID only, and it says so.
+        partial = await b.get("/v1/items/held")
+        assert partial.status_code == 200
+        assert partial.json() | {"partial": False} == with_redis["held"] | {"metadata": None, "text": "",
+                                                                            "created_at": None}
+        assert partial.json()["partial"] is True
+        # An item no replica knows cannot be checked: 503, not 404.
+        assert_error(await b.get("/v1/items/ghost"), 503, "store_unavailable")
+
+
+async def test_redis_restarted_empty_gets_its_items_back(make_settings, tmp_path, catalog_name):
+    """A Redis that comes back without its data (no persistence): the followers find the
+    entries they read gone, and the replicas write back the minted items they hold and seed
+    the bundle again, so every ID is reserved again."""
+    with RedisServer(tmp_path / "volatile", appendonly=False) as server:
+        settings = make_settings(redis_url=server.url, redis_timeout_s=0.5)
+        async with serve(settings) as (_app_a, a), serve(settings) as (app_b, b):
+            minted = {}
+            for i in range(3):
+                response = await a.post("/v1/items", json={"item_id": f"kept-{i}", "metadata": TITLE})
+                minted[f"kept-{i}"] = response.json()["textual_id"]
+            assert await wait_until(lambda: all(i in app_b.state.service.catalog for i in minted))
+
+            server.crash()
+            start = time.monotonic()
+            server.start()  # empty
+            assert registry_contents(server.url, catalog_name)["items"] == {}
+
+            def restored() -> bool:
+                contents = registry_contents(server.url, catalog_name)
+                return len(contents["items"]) == N_ITEMS + 3 and len(contents["tids"]) == N_ITEMS + 3
+
+            assert await wait_until(restored, timeout_s=15)
+            print(f"\nRedis restarted empty: the 3 minted items and the bundle back {time.monotonic() - start:.2f} s later")
+            contents = registry_contents(server.url, catalog_name)
+            assert {i: contents["items"][i]["textual_id"] for i in minted} == minted
+            assert all(contents["items"][i]["metadata"] for i in minted)  # A minted them: whole records
+            assert contents["events"] == 3
+            fresh = await b.post("/v1/items", json={"item_id": "fresh", "metadata": TITLE})
+            assert fresh.status_code == 201 and fresh.json()["textual_id"] not in minted.values()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from service.redis_clients import cluster_url_problem, url_nodes
+
 yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +56,32 @@ def test_compose_file_runs_redis_and_two_replicas():
     assert app["depends_on"]["redis"]["condition"] == "service_healthy"
     assert app["deploy"]["replicas"] == 2
     assert "build" in app
+
+
+def test_cluster_compose_file_runs_the_service_on_a_redis_cluster():
+    compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+    services = compose["services"]
+    nodes = {name: service for name, service in services.items() if name.startswith("redis-") and name[6:].isdigit()}
+    assert len(nodes) == 6
+    addresses = set()
+    for service in nodes.values():
+        command = _command(service["command"])
+        assert "--cluster-enabled yes" in command and "--appendonly yes" in command
+        [(volume, target)] = _targets(service["volumes"])
+        assert target == "/data" and volume in compose["volumes"]
+        addresses.add(service["networks"]["cluster"]["ipv4_address"])
+    init = _command(services["redis-cluster-init"]["command"])
+    assert "--cluster create" in init and "--cluster-replicas 1" in init
+    assert all(f"{address}:6379" in init for address in addresses)
+    assert set(services["redis-cluster-init"]["depends_on"]) == set(nodes)
+
+    app = services["genrec"]
+    env = _env(app)
+    assert env["REDIS_CLUSTER"] == "true"
+    assert cluster_url_problem(env["REDIS_URL"]) is None
+    assert {host for host, _port in url_nodes(env["REDIS_URL"])} <= set(nodes)
+    assert app["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+    assert app["deploy"]["replicas"] == 2 and "/healthz" in _command(app["healthcheck"]["test"])
 
 
 def test_dockerfile():

@@ -193,16 +193,19 @@ async def test_readyz_503_when_redis_goes_away(make_settings, tmp_path):
             assert error["details"]["checks"]["redis"].startswith("unreachable")
             assert "redis" in error["message"]
             assert (await client.get("/healthz")).status_code == 200
-            # Recommendations are served from memory; writes say the store is unavailable.
+            # Recommendations and look-ups of known items are served from memory; writes, and
+            # look-ups of items this replica does not know, say the store is unavailable.
             assert (await client.post("/v1/recommendations", json={"history": ["m1"], "k": 3})).status_code == 200
             minted = await client.post("/v1/items", json={"item_id": "offline", "metadata": {"title": "toy"}})
             assert_error(minted, 503, "store_unavailable")
-            assert_error(await client.get("/v1/items/m1"), 503, "store_unavailable")
+            held = await client.get("/v1/items/m1")
+            assert held.status_code == 200 and held.json()["source"] == "bundle" and not held.json()["partial"]
+            assert_error(await client.get("/v1/items/never-seen"), 503, "store_unavailable")
             # Each failure counted once, under its operation (the follower's retries are its own).
             text = (await client.get("/metrics")).text
             assert metric_value(text, "genrec_redis_errors_total", operation="ping") == 1  # the failed /readyz
             assert metric_value(text, "genrec_redis_errors_total", operation="mint") == 1
-            assert metric_value(text, "genrec_redis_errors_total", operation="request") == 1  # the item read
+            assert metric_value(text, "genrec_redis_errors_total", operation="request") == 1  # never-seen's read
             assert metric_value(text, "genrec_redis_errors_total", operation="lookup") == 0  # m1 is known
     finally:
         server.stop()
