@@ -191,7 +191,10 @@ def evaluate_protocol(method: Method, split: SplitData, train_items: dict[str, l
     a popularity baseline (training items counted) on the same users and exclusions."""
     chosen = [u for u in split.train if held.get(u)]
     chosen = chosen[:users] if users else chosen
-    queries = [Query(history=train_items[u], exclude=train_items[u] + [split.valid[u], split.test[u]], user_id=u)
+    # The leave-one-out targets are removed too (under the new-item protocol a withheld one is
+    # not in the training view's split at all).
+    queries = [Query(history=train_items[u], user_id=u,
+                     exclude=train_items[u] + [t for t in (split.valid.get(u), split.test.get(u)) if t])
                for u in chosen]
     relevant = [set(held[u]) for u in chosen]
     rankings: list[list[str]] = []
