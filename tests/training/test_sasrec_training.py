@@ -1,8 +1,13 @@
 """SASRec's trainer on a tiny synthetic dataset: it learns (loss down, far better than untrained),
 it never reads the valid/test targets, it keeps the best validation epoch and stops by patience."""
 
+import hashlib
+import json
+import os
 import random
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ from genrec.metrics import leave_one_out_metrics
 from genrec.sasrec.config import SasRecConfig, SasRecSections
 from genrec.sasrec.model import load_sasrec
 from training.data import Catalog, Dataset, SplitData
+from training.loop import distributed_world
 from training.methods.base import RunContext
 from training.methods.sasrec import SasRecTrainer, build_model, collate, length_batches
 
@@ -141,3 +147,49 @@ def test_the_model_has_the_configured_sizes():
     model = build_model(ITEMS, config(hidden_size=16, num_layers=3, max_len=5).sasrec)
     assert model.item_embedding.weight.shape == (N_ITEMS + 1, 16) and len(model.blocks) == 3
     assert model.position_embedding.weight.shape[0] == 5
+
+
+# --------------------------------------------------------------------------- data parallelism
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ddp_worker(out_dir: Path) -> None:
+    """One torchrun rank (this file run as a script): trains, writes what the test compares."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = distributed_world()
+    dataset = cyclic_dataset()
+    tokenizer = train_tokenizer([f"title: {a} {b}" for a in WORDS for b in WORDS] + ["item 0 1 2 3 4 5 6 7 8 9"], 100)
+    trained = SasRecTrainer().train(context(dataset, tokenizer, config(epochs=30, patience=3, batch_size=8)))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trained.method.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    result = {"rank": rank, "world": world, "weights": digest.hexdigest(), "history": trained.history,
+              "valid": valid_ndcg(trained.method, dataset.split)}
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_one_model_and_stop_at_the_same_epoch(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+               str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert first["world"] == second["world"] == 2
+    assert first["weights"] == second["weights"]  # gradients were averaged; the same best epoch kept
+    for key in ("loss", "valid_ndcg@10", "best_epoch"):
+        assert first["history"][key] == second["history"][key]
+    assert len(first["history"]["loss"]) < 30  # patience stopped both ranks, at the same epoch
+    assert first["valid"] > 0.8
+
+
+if __name__ == "__main__":
+    ddp_worker(Path(sys.argv[1]))
