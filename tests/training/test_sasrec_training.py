@@ -91,7 +91,8 @@ def test_training_learns_the_walks_and_writes_a_loadable_model(tokenizer, tmp_pa
     assert best > 0.8 and best > untrained + 0.5
     # The returned method is the best epoch's: it scores what validation saw then.
     assert valid_ndcg(trained.method, dataset.split) == pytest.approx(best)
-    assert len(lines) == cfg.sasrec.epochs and all("valid NDCG@10" in line for line in lines)
+    assert lines[0].startswith("sasrec: 60 training sequences, 40 items")
+    assert len(lines) == 1 + cfg.sasrec.epochs and all("valid NDCG@10" in line for line in lines[1:])
     assert [i.item_id for i in trained.items] == ITEMS
     assert len({i.textual_id for i in trained.items}) == N_ITEMS
     trained.model_dirs["sasrec"](tmp_path / "sasrec")

@@ -111,6 +111,8 @@ class SasRecTrainer(Trainer):
         sequences = training_sequences(model, split.train)
         if not sequences:
             raise ConfigError("no user has two training items: SASRec has nothing to learn from")
+        ctx.log(f"sasrec: {len(sequences)} training sequences, {model.num_items} items, "
+                f"{sum(p.numel() for p in model.parameters())} parameters")
 
         def examples(epoch: int) -> list[list[int]]:
             rng = random.Random(config.seed * 7919 + epoch)
@@ -150,6 +152,5 @@ class SasRecTrainer(Trainer):
         history["best_epoch"] = best["epoch"]
         timings["training"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
-        id_stats["training_sequences"] = len(sequences)
         return Trained(method=method, items=items, model_dirs={MODEL_DIR: model.save}, history=history,
                        id_stats=id_stats, timings=timings)
