@@ -9,6 +9,7 @@ from genrec.errors import ConfigError
 from genrec.idgenrec.config import GeneratorConfig, IdGenRecSections, RecommenderConfig
 from genrec.idgenrec.minting import MintConfig
 from genrec.modeling import ModelConfig
+from genrec.sasrec.config import SasRecConfig, SasRecSections
 
 
 def _tiny() -> TrainConfig:
@@ -112,11 +113,41 @@ def _cllm4rec_ml100k() -> TrainConfig:
     return config
 
 
+def _sasrec_tiny() -> TrainConfig:
+    return TrainConfig(
+        name="sasrec-tiny",
+        kind="sasrec",
+        data=DataConfig(kcore=0),
+        tokenizer=TokenizerConfig(vocab_size=5000),
+        eval=EvalConfig(batch_size=256),
+        method=SasRecSections(
+            sasrec=SasRecConfig(hidden_size=32, num_layers=1, num_heads=1, inner_size=64, dropout=0.2, max_len=50,
+                                lr=3e-3, batch_size=64, epochs=10, patience=5, valid_users=300)
+        ),
+    )
+
+
+def _sasrec_ml100k() -> TrainConfig:
+    return TrainConfig(
+        name="sasrec-ml100k",
+        kind="sasrec",
+        data=DataConfig(kcore=0),
+        tokenizer=TokenizerConfig(vocab_size=5000),
+        eval=EvalConfig(batch_size=256),
+        method=SasRecSections(
+            sasrec=SasRecConfig(hidden_size=64, num_layers=2, num_heads=2, inner_size=256, dropout=0.2, max_len=200,
+                                lr=1e-3, batch_size=128, epochs=200, patience=20, valid_users=None)
+        ),
+    )
+
+
 PRESETS = {
     "tiny": _tiny,
     "ml100k": _ml100k,
     "cllm4rec-tiny": _cllm4rec_tiny,
     "cllm4rec-ml100k": _cllm4rec_ml100k,
+    "sasrec-tiny": _sasrec_tiny,
+    "sasrec-ml100k": _sasrec_ml100k,
 }
 
 

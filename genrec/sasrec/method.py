@@ -1,0 +1,83 @@
+"""SASRec behind the method interface: one forward pass per batch scores every item of the model's
+own table from the state after the latest history item. New items get a unique textual ID from
+their title words (for the API) but have no row in the table: they are not recommendable, and are
+skipped in histories, until retraining."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..bundle import Bundle
+from ..config import TrainConfig
+from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
+from ..textual_ids import MintedId, title_textual_id
+from ..trie import TextualIdTrie
+from .config import SasRecSections
+from .model import MODEL_DIR, PAD, SasRecModel, load_sasrec
+
+CHUNK = 256  # queries per forward pass
+
+
+class SasRec(Method):
+    kind = "sasrec"
+    label = "SASRec"
+    config_class = SasRecSections
+    new_items_recommendable = False
+
+    def __init__(self, model: SasRecModel, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, bundle: Bundle, config: TrainConfig, options: RuntimeOptions | None = None) -> SasRec:
+        # The model folder holds its own sizes (sasrec.json); the config's are what trained it.
+        return cls(load_sasrec(bundle.path / MODEL_DIR), bundle.tokenizer)
+
+    def batch_key(self, k: int) -> None:
+        return None  # one pass scores every item, each query padded alike: any k shares a batch
+
+    def recommend(self, queries: Sequence[Query], k: int, trie: TextualIdTrie | None = None,
+                  cache: UserIdCache | None = None) -> list[list[Recommendation]]:
+        out: list[list[Recommendation]] = []
+        for start in range(0, len(queries), CHUNK):
+            out.extend(self._recommend(queries[start : start + CHUNK], k))
+        return out
+
+    @torch.inference_mode()
+    def _recommend(self, queries: Sequence[Query], k: int) -> list[list[Recommendation]]:
+        model = self.model
+        if not queries or k < 1:
+            return [[] for _ in queries]
+        rows = [model.rows(q.history)[-model.max_len :] for q in queries]
+        # Every query is padded to max_len, so its scores do not depend on its batch-mates.
+        batch = torch.full((len(rows), model.max_len), PAD, dtype=torch.long)
+        for r, seq in enumerate(rows):
+            if seq:
+                batch[r, -len(seq) :] = torch.tensor(seq)
+        was_training = model.training
+        model.eval()
+        try:
+            scores = model.last_scores(batch).float()
+        finally:
+            model.train(was_training)
+        # No known history item: the network has no state to read, so rank by training popularity.
+        empty = [r for r, seq in enumerate(rows) if not seq]
+        if empty:
+            scores[empty] = torch.log1p(model.item_counts.float())
+        for r, query in enumerate(queries):
+            cols = [row - 1 for row in model.rows(query.exclude)]
+            if cols:
+                scores[r, cols] = float("-inf")
+        values, cols = scores.topk(min(k, model.num_items), dim=-1)
+        ids = model.item_ids
+        return [[Recommendation(ids[c], v) for v, c in zip(vrow, crow, strict=True) if v != float("-inf")]
+                for vrow, crow in zip(values.tolist(), cols.tolist(), strict=True)]
+
+    def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
+        return [title_textual_id(self.tokenizer, item.text, claim) for item in items]
+
+    def is_recommendable(self, item_id: str) -> bool:
+        """Only items with a row in the trained model's table can be recommended."""
+        return item_id in self.model.item_index

@@ -1,0 +1,156 @@
+"""`genrec-train run` for configs of kind "sasrec": SASRec trained with full cross-entropy over every
+item at every position of each user's training sequence (Klenitskiy & Vasilev, RecSys 2023), by
+the project's one training loop; the epoch with the best validation NDCG@10 is kept, and training
+stops after `patience` epochs without a better one.
+
+Data use: only the leave-one-out training part of each user (`split.train`); the valid and test
+targets are never trained on. Each example is one user's sequence: the inputs are its items but
+the last, the targets its items but the first (the next item at every position).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+
+from genrec.errors import ConfigError
+from genrec.sasrec.config import SasRecConfig
+from genrec.sasrec.method import SasRec
+from genrec.sasrec.model import MODEL_DIR, PAD, SasRecModel
+
+from ..loop import fit
+from ..title_ids import title_id_items
+from .base import RunContext, Trained, Trainer
+
+CROPS = ("latest", "random")
+
+
+class _Stop(Exception):
+    """Raised from `after_epoch` to end `fit` early (every rank raises it at the same epoch:
+    they validate identical weights)."""
+
+
+def build_model(item_ids: Sequence[str], cfg: SasRecConfig) -> SasRecModel:
+    return SasRecModel(item_ids, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                       inner_size=cfg.inner_size, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, max_len=cfg.max_len, init_std=cfg.init_std)
+
+
+def training_sequences(model: SasRecModel, train: dict[str, list[str]]) -> list[list[int]]:
+    """Each user's training items as model rows (users with fewer than two items teach nothing)."""
+    rows = (model.rows(items) for items in train.values())
+    return [seq for seq in rows if len(seq) >= 2]
+
+
+def window(seq: list[int], size: int, crop: str, rng: random.Random) -> list[int]:
+    """At most `size` consecutive items of `seq`: the latest, or a random window."""
+    if len(seq) <= size:
+        return seq
+    start = len(seq) - size if crop == "latest" else rng.randint(0, len(seq) - size)
+    return seq[start : start + size]
+
+
+def length_batches(windows: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """The windows in an order whose consecutive `batch_size` runs have similar lengths (little
+    padding), the runs themselves in random order: shuffled, sorted by length (ties stay
+    shuffled), cut into runs, the runs shuffled."""
+    windows = list(windows)
+    rng.shuffle(windows)
+    windows.sort(key=len)
+    runs = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+    rng.shuffle(runs)
+    return [w for run in runs for w in run]
+
+
+def collate(windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (inputs, targets): inputs are each window but its last item, targets the next
+    item at every position (padding where there is none)."""
+    length = max(len(w) for w in windows) - 1
+    inputs = torch.full((len(windows), length), PAD, dtype=torch.long)
+    targets = torch.full((len(windows), length), PAD, dtype=torch.long)
+    for r, w in enumerate(windows):
+        n = len(w) - 1
+        inputs[r, length - n :] = torch.tensor(w[:-1])
+        targets[r, length - n :] = torch.tensor(w[1:])
+    return inputs, targets
+
+
+def sequence_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    inputs, targets = batch
+    return model(inputs, targets)  # the forward computes the loss: DDP sees the whole step
+
+
+class SasRecTrainer(Trainer):
+    kind = "sasrec"
+    supports_ddp = True  # the loss is the model's forward; every rank validates the same weights
+
+    def train(self, ctx: RunContext) -> Trained:
+        config, cfg = ctx.config, ctx.config.sasrec
+        if cfg.crop not in CROPS:
+            raise ConfigError(f"sasrec.crop must be one of {', '.join(CROPS)}, got {cfg.crop!r}")
+        if cfg.patience < 1:
+            raise ConfigError(f"sasrec.patience must be >= 1, got {cfg.patience}")
+        timings: dict[str, float] = {}
+        started = t = time.perf_counter()
+        split = ctx.dataset.split
+        item_ids = list(ctx.dataset.catalog.items)
+        texts = [ctx.dataset.item_text[i] for i in item_ids]
+        items, id_stats = title_id_items(ctx.tokenizer, item_ids, texts)
+        id_stats["users"] = len(split.train)
+        timings["textual_ids"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        torch.manual_seed(config.seed)
+        model = build_model(item_ids, cfg)
+        model.set_item_counts(Counter(i for seq in split.train.values() for i in seq))
+        method = SasRec(model, ctx.tokenizer)
+        sequences = training_sequences(model, split.train)
+        if not sequences:
+            raise ConfigError("no user has two training items: SASRec has nothing to learn from")
+        ctx.log(f"sasrec: {len(sequences)} training sequences, {model.num_items} items, "
+                f"{sum(p.numel() for p in model.parameters())} parameters")
+
+        def examples(epoch: int) -> list[list[int]]:
+            rng = random.Random(config.seed * 7919 + epoch)
+            windows = [window(seq, cfg.max_len + 1, cfg.crop, rng) for seq in sequences]
+            return length_batches(windows, cfg.batch_size, rng) if cfg.bucket else windows
+
+        history: dict = {"loss": [], "valid_ndcg@10": [], "examples_per_s": []}
+        best = {"score": float("-inf"), "epoch": 0, "state": None}
+        epoch_started = [time.perf_counter()]
+
+        def after_epoch(epoch: int, means: dict[str, float]) -> None:
+            score = ctx.validate(method, cfg.valid_users)
+            history["loss"].append(means["loss"])
+            history["examples_per_s"].append(means["examples_per_s"])
+            history["valid_ndcg@10"].append(score)
+            if score > best["score"]:
+                best.update(score=score, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+            now = time.perf_counter()
+            ctx.log(f"sasrec epoch {epoch + 1}/{cfg.epochs}: loss {means['loss']:.4f}, valid NDCG@10 {score:.4f} "
+                    f"(best {best['score']:.4f} at epoch {best['epoch']}), {now - epoch_started[0]:.1f} s, "
+                    f"{means['examples_per_s']:.0f} sequences/s")
+            epoch_started[0] = now
+            if epoch + 1 - best["epoch"] >= cfg.patience:
+                ctx.log(f"sasrec: no better validation for {cfg.patience} epochs, stopping")
+                raise _Stop
+
+        try:
+            fit(model, epochs=cfg.epochs, examples=examples, collate=collate, loss=sequence_loss,
+                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                decay=False, grad_clip=cfg.grad_clip, seed=config.seed, shuffle=not cfg.bucket, after_epoch=after_epoch, desc="sasrec",
+                progress=ctx.progress, log=None)
+        except _Stop:
+            pass
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        model.eval()
+        history["best_epoch"] = best["epoch"]
+        timings["training"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        return Trained(method=method, items=items, model_dirs={MODEL_DIR: model.save}, history=history,
+                       id_stats=id_stats, timings=timings)
