@@ -7,14 +7,20 @@ import torch
 IGNORE_INDEX = -100  # label of a position no loss is taken on (torch's cross-entropy default)
 
 
-def pad_batch(rows: Sequence[Sequence[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (ids, attention_mask) long tensors of a batch of token rows."""
-    width = max((len(row) for row in rows), default=0)
+def pad_batch(rows: Sequence[Sequence[int]], pad_value: int, *, width: int | None = None,
+              left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded (ids, attention_mask) long tensors of a batch of token rows: right-padded (what the
+    T5s read), or left-padded with `left` (a causal model's latest item in the last column);
+    `width`: pad to this many columns (default: the longest row)."""
+    width = max((len(row) for row in rows), default=0) if width is None else width
     ids = torch.full((len(rows), width), pad_value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[i, : len(row)] = 1
+        if not len(row):
+            continue
+        cols = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, cols] = torch.as_tensor(list(row), dtype=torch.long)
+        mask[i, cols] = 1
     return ids, mask
 
 

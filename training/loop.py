@@ -77,7 +77,7 @@ def fit(
     shuffle: bool = True,
     distributed: bool = True,
     parameters: Iterable[torch.nn.Parameter] | None = None,
-    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    after_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     on_batch: Callable[[int, list[int]], None] | None = None,
     desc: str = "training",
     progress: bool = True,
@@ -90,7 +90,8 @@ def fit(
     itself). `distributed=False` keeps the model unwrapped and every rank on all examples (a
     phase whose ranks must do the same work). `parameters`: what the optimizer updates
     (default: every parameter that requires a gradient). `after_epoch(epoch, means)` runs on
-    every rank after each epoch (validation, keeping the best weights). `on_batch(epoch, indices)`
+    every rank after each epoch (validation, keeping the best weights); returning True stops
+    the training there (early stopping). `on_batch(epoch, indices)`
     gets, for every batch, the indices into that epoch's examples the batch was collated from:
     what this rank really trained on.
     """
@@ -159,6 +160,6 @@ def fit(
         if log is not None and rank == 0:
             shown = ", ".join(f"{name} {value:.4f}" for name, value in means.items() if name != "examples_per_s")
             log(f"{desc} epoch {epoch + 1}/{epochs}: {shown} ({elapsed:.1f} s, {means['examples_per_s']:.0f} examples/s)")
-        if after_epoch is not None:
-            after_epoch(epoch, means)
+        if after_epoch is not None and after_epoch(epoch, means):
+            break  # early stopping: every rank decides alike (validation is broadcast or identical)
     return history

@@ -12,6 +12,7 @@ import torch
 from ..bundle import Bundle
 from ..config import TrainConfig
 from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
+from ..tensors import pad_batch
 from ..textual_ids import MintedId, title_textual_id
 from ..trie import TextualIdTrie
 from .config import SasRecSections
@@ -52,10 +53,7 @@ class SasRec(Method):
             return [[] for _ in queries]
         rows = [model.rows(q.history)[-model.max_len :] for q in queries]
         # Every query is padded to max_len, so its scores do not depend on its batch-mates.
-        batch = torch.full((len(rows), model.max_len), PAD, dtype=torch.long)
-        for r, seq in enumerate(rows):
-            if seq:
-                batch[r, -len(seq) :] = torch.tensor(seq)
+        batch, _ = pad_batch(rows, PAD, width=model.max_len, left=True)
         was_training = model.training
         model.eval()
         try:

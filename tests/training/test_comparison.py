@@ -135,7 +135,7 @@ def test_a_cold_run_never_sees_the_new_items_and_mints_them_all(data_dir, tmp_pa
 
 def test_compare_end_to_end_on_small_presets(data_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
-    small = [f"data.dataset=synth", f"data.data_dir={data_dir}", "data.kcore=0", "tokenizer.vocab_size=200",
+    small = ["data.dataset=synth", f"data.data_dir={data_dir}", "data.kcore=0", "tokenizer.vocab_size=200",
              "generator.model.d_model=32", "generator.model.d_ff=64", "generator.model.num_layers=1",
              "generator.model.num_decoder_layers=1", "generator.model.num_heads=2", "generator.model.d_kv=16",
              "generator.warmup_epochs=1", "recommender.model.d_model=32", "recommender.model.d_ff=64",

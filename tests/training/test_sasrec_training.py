@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from genrec.config import TrainConfig
-from genrec.method import Query
-from genrec.metrics import leave_one_out_metrics
 from genrec.sasrec.config import SasRecConfig, SasRecSections
 from genrec.sasrec.model import load_sasrec
 from training.data import Catalog, Dataset, SplitData
+from training.evaluation import evaluate_method
 from training.loop import distributed_world
 from training.methods.base import RunContext
 from training.methods.sasrec import SasRecTrainer, build_model, collate, length_batches
@@ -52,10 +51,7 @@ def cyclic_dataset(users: int = 60, seed: int = 0, shift_targets: int = 0) -> Da
 
 
 def valid_ndcg(method, split: SplitData, users: int | None = None) -> float:
-    chosen = split.users[:users] if users else split.users
-    hist = [split.history(u, "valid", 10**9) for u in chosen]
-    recs = method.recommend([Query(history=h, exclude=h, user_id=u) for u, h in zip(chosen, hist)], 10, None)
-    return leave_one_out_metrics([[r.item_id for r in row] for row in recs], [split.valid[u] for u in chosen])["ndcg@10"]
+    return evaluate_method(method, None, split, "valid", users=users, progress=False)["ndcg@10"]
 
 
 def config(**kw) -> TrainConfig:
@@ -73,7 +69,7 @@ def tokenizer():
 def context(dataset, tokenizer, cfg, validate=None, log=None) -> RunContext:
     return RunContext(config=cfg, dataset=dataset, tokenizer=tokenizer, progress=False,
                       log=log if log is not None else (lambda m: None),
-                      validate=validate or (lambda method, users: valid_ndcg(method, dataset.split, users)))
+                      validate=validate or (lambda method, _trie, users: valid_ndcg(method, dataset.split, users)))
 
 
 def test_training_learns_the_walks_and_writes_a_loadable_model(tokenizer, tmp_path):
@@ -114,7 +110,7 @@ def test_the_best_epoch_is_kept_and_patience_stops_training(tokenizer):
     scores = iter([0.3, 0.5, 0.4, 0.45, 0.9, 0.9])
     snapshots = []
 
-    def validate(method, users):
+    def validate(method, _trie, users):
         snapshots.append({k: v.clone() for k, v in method.model.state_dict().items()})
         return next(scores)
 

@@ -18,21 +18,18 @@ from collections.abc import Sequence
 
 import torch
 
+from genrec.bundle import items_trie
 from genrec.errors import ConfigError
 from genrec.sasrec.config import SasRecConfig
 from genrec.sasrec.method import SasRec
 from genrec.sasrec.model import MODEL_DIR, PAD, SasRecModel
+from genrec.tensors import pad_batch
 
 from ..loop import fit
 from ..title_ids import title_id_items
 from .base import RunContext, Trained, Trainer
 
 CROPS = ("latest", "random")
-
-
-class _Stop(Exception):
-    """Raised from `after_epoch` to end `fit` early (every rank raises it at the same epoch:
-    they validate identical weights)."""
 
 
 def build_model(item_ids: Sequence[str], cfg: SasRecConfig) -> SasRecModel:
@@ -69,13 +66,8 @@ def length_batches(windows: list[list[int]], batch_size: int, rng: random.Random
 def collate(windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (inputs, targets): inputs are each window but its last item, targets the next
     item at every position (padding where there is none)."""
-    length = max(len(w) for w in windows) - 1
-    inputs = torch.full((len(windows), length), PAD, dtype=torch.long)
-    targets = torch.full((len(windows), length), PAD, dtype=torch.long)
-    for r, w in enumerate(windows):
-        n = len(w) - 1
-        inputs[r, length - n :] = torch.tensor(w[:-1])
-        targets[r, length - n :] = torch.tensor(w[1:])
+    inputs, _ = pad_batch([w[:-1] for w in windows], PAD, left=True)
+    targets, _ = pad_batch([w[1:] for w in windows], PAD, left=True)
     return inputs, targets
 
 
@@ -108,6 +100,7 @@ class SasRecTrainer(Trainer):
         model = build_model(item_ids, cfg)
         model.set_item_counts(Counter(i for seq in split.train.values() for i in seq))
         method = SasRec(model, ctx.tokenizer)
+        trie = items_trie(items, ctx.tokenizer.eos_token_id)
         sequences = training_sequences(model, split.train)
         if not sequences:
             raise ConfigError("no user has two training items: SASRec has nothing to learn from")
@@ -123,8 +116,8 @@ class SasRecTrainer(Trainer):
         best = {"score": float("-inf"), "epoch": 0, "state": None}
         epoch_started = [time.perf_counter()]
 
-        def after_epoch(epoch: int, means: dict[str, float]) -> None:
-            score = ctx.validate(method, cfg.valid_users)
+        def after_epoch(epoch: int, means: dict[str, float]) -> bool:
+            score = ctx.validate(method, trie, cfg.valid_users)
             history["loss"].append(means["loss"])
             history["examples_per_s"].append(means["examples_per_s"])
             history["valid_ndcg@10"].append(score)
@@ -137,15 +130,13 @@ class SasRecTrainer(Trainer):
             epoch_started[0] = now
             if epoch + 1 - best["epoch"] >= cfg.patience:
                 ctx.log(f"sasrec: no better validation for {cfg.patience} epochs, stopping")
-                raise _Stop
+                return True  # fit stops here
+            return False
 
-        try:
-            fit(model, epochs=cfg.epochs, examples=examples, collate=collate, loss=sequence_loss,
+        fit(model, epochs=cfg.epochs, examples=examples, collate=collate, loss=sequence_loss,
                 batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                 decay=False, grad_clip=cfg.grad_clip, seed=config.seed, shuffle=not cfg.bucket, after_epoch=after_epoch, desc="sasrec",
                 progress=ctx.progress, log=None)
-        except _Stop:
-            pass
         if best["state"] is not None:
             model.load_state_dict(best["state"])
         model.eval()

@@ -1,5 +1,7 @@
-"""A cllm4rec bundle: it round-trips through write/load and is served through the same endpoints
-(recommendations from the item head, title-word IDs for new items, which are not recommendable)."""
+"""The methods that score their own item table (CLLM4Rec, SASRec): a bundle of each round-trips
+through write/load and is served through the same endpoints, in-process and by a real
+`genrec-serve` process (scores for every known item, title-word IDs for new items, which are
+not recommendable until retraining)."""
 
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ from genrec.cllm4rec.model import (
 )
 from genrec.item_text import flatten_item_text
 from genrec.modeling import build_t5
+from genrec.sasrec.model import MODEL_DIR as SASREC_DIR
+from genrec.sasrec.model import SasRecModel
 from genrec.textual_ids import claim_in, title_textual_id
 from service.embedded_redis import free_port
 from service.engine import flatten_metadata
 from training.presets import preset
+from training.title_ids import title_id_items
 from training.tokenizer_training import train_tokenizer
 
 from .conftest import EXTRA_TEXT, N_ITEMS, TINY, catalog_metadata, serve
@@ -33,7 +38,28 @@ USERS = [f"u{i}" for i in range(6)]
 
 
 @pytest.fixture(scope="session")
-def cllm_bundle_path(tmp_path_factory):
+def sasrec_bundle_path(tmp_path_factory):
+    texts = [flatten_item_text(flatten_metadata(m)) for m in catalog_metadata()]
+    tokenizer = train_tokenizer(texts + [EXTRA_TEXT], vocab_size=200)
+    item_ids = [f"m{i}" for i in range(N_ITEMS)]
+    items, id_stats = title_id_items(tokenizer, item_ids, texts)
+    torch.manual_seed(0)
+    model = SasRecModel(item_ids, hidden_size=16, num_layers=1, num_heads=1, inner_size=32, max_len=20).eval()
+    out = tmp_path_factory.mktemp("bundles") / "sasrec"
+    return write_bundle(
+        out, kind="sasrec", tokenizer=tokenizer, models={}, items=items, config=preset("sasrec-tiny").to_dict(),
+        dataset="synthetic", id_stats=id_stats, metrics={}, extra_dirs={SASREC_DIR: model.save},
+    )
+
+
+@pytest.fixture(params=["cllm4rec", "sasrec"])
+def table_bundle(request):
+    """(bundle folder, kind) of each item-table method."""
+    return request.getfixturevalue(f"{request.param}_bundle_path"), request.param
+
+
+@pytest.fixture(scope="session")
+def cllm4rec_bundle_path(tmp_path_factory):
     texts = [flatten_item_text(flatten_metadata(m)) for m in catalog_metadata()]
     tokenizer = train_tokenizer(texts + [EXTRA_TEXT, *PROMPT_TEXTS], vocab_size=200)
     claim = claim_in(set())
@@ -55,15 +81,15 @@ def cllm_bundle_path(tmp_path_factory):
     )
 
 
-def test_cllm4rec_bundle_round_trips(cllm_bundle_path):
-    manifest = verify_bundle(cllm_bundle_path)
+def test_cllm4rec_bundle_round_trips(cllm4rec_bundle_path):
+    manifest = verify_bundle(cllm4rec_bundle_path)
     assert manifest["kind"] == "cllm4rec"
     assert any(name.startswith(f"{MODEL_DIR}/backbone/") for name in manifest["files"])
-    bundle = load_bundle(cllm_bundle_path)
+    bundle = load_bundle(cllm4rec_bundle_path)
     assert bundle.kind == "cllm4rec"
     method = load_method(bundle)
     assert isinstance(method, Cllm4Rec) and not method.new_items_recommendable
-    model = load_cllm4rec(cllm_bundle_path / MODEL_DIR)
+    model = load_cllm4rec(cllm4rec_bundle_path / MODEL_DIR)
     assert model.item_ids == [i.item_id for i in bundle.items] and model.user_ids == USERS
     tok = bundle.tokenizer  # the saved tokenizer keeps the atomic tokens
     assert tok.encode("item_m7", add_special_tokens=False) == [model.item_token_id("m7")]
@@ -73,18 +99,20 @@ def test_cllm4rec_bundle_round_trips(cllm_bundle_path):
 
 
 @pytest.mark.anyio
-async def test_cllm4rec_bundle_is_served(make_settings, cllm_bundle_path):
-    textual = {i.item_id: i.textual_id for i in read_items(cllm_bundle_path)}
-    async with serve(make_settings(bundle=cllm_bundle_path)) as (_app, client):
+async def test_an_item_table_bundle_is_served(make_settings, table_bundle):
+    bundle_path, kind = table_bundle
+    textual = {i.item_id: i.textual_id for i in read_items(bundle_path)}
+    async with serve(make_settings(bundle=bundle_path)) as (_app, client):
         response = await client.post("/v1/recommendations", json={"history": ["m1", "m2", "m3"], "k": 5, "user_id": "u2"})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["model"]["kind"] == "cllm4rec"
+        assert body["model"]["kind"] == kind
         items = body["items"]
         assert len(items) == 5 and not {"m1", "m2", "m3"} & {i["item_id"] for i in items}
         for item in items:
             assert item["textual_id"] == textual[item["item_id"]]
-            assert item["score"] <= 0.0
+            if kind == "cllm4rec":
+                assert item["score"] <= 0.0  # a log-softmax
         scores = [i["score"] for i in items]
         assert scores == sorted(scores, reverse=True)
 
@@ -116,16 +144,18 @@ async def test_cllm4rec_bundle_is_served(make_settings, cllm_bundle_path):
         assert "new-1" not in returned and "new-2" not in returned and "m3" not in returned
 
 
-def test_the_real_cli_serves_a_cllm4rec_bundle(cllm_bundle_path, redis_url, catalog_name, tmp_path):
+def test_the_real_cli_serves_an_item_table_bundle(table_bundle, redis_url, catalog_name, tmp_path):
     """`genrec-serve` (the CLI under uvicorn, as `make serve` and Docker run it) starts on a
-    cllm4rec bundle and answers recommendations and mints through HTTP."""
+    cllm4rec or sasrec bundle and answers recommendations and mints through HTTP."""
+    bundle_path, kind = table_bundle
     port, log = free_port(), tmp_path / "service.log"
     base_url = f"http://127.0.0.1:{port}"
-    with cli_process(cllm_bundle_path, port, cli_env(redis_url, catalog_name), log) as process:
+    with cli_process(bundle_path, port, cli_env(redis_url, catalog_name), log) as process:
         wait_until_ready(process, base_url, log)
         with httpx.Client(base_url=base_url, timeout=20.0) as client:
             found = client.post("/v1/recommendations", json={"history": ["m1", "m2"], "k": 3})
             assert found.status_code == 200, found.text
+            assert found.json()["model"]["kind"] == kind
             assert len(found.json()["items"]) == 3
             assert not {"m1", "m2"} & {item["item_id"] for item in found.json()["items"]}
             created = client.post("/v1/items", json={"item_id": "fresh", "metadata": {"title": "Brand New Film"}})
