@@ -18,7 +18,7 @@ from genrec.item_text import metadata_values_text
 from genrec.method import Method, NewItem
 from genrec.textual_ids import claim_in
 
-from .data import Catalog, Dataset, SplitData
+from .data import Dataset, ItemMetadata, SplitData
 
 
 @dataclass
@@ -57,7 +57,7 @@ def cold_view(dataset: Dataset, share: float) -> ColdView:
     )
     view = Dataset(
         name=dataset.name,
-        catalog=Catalog({i: m for i, m in dataset.catalog.items.items() if i not in gone}),
+        catalog=ItemMetadata({i: m for i, m in dataset.catalog.items.items() if i not in gone}),
         split=split,
         item_text={i: t for i, t in dataset.item_text.items() if i not in gone},
         first_seen={i: t for i, t in dataset.first_seen.items() if i not in gone},

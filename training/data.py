@@ -2,7 +2,7 @@
 
 Two input formats are read: RecBole atomic files (MovieLens-100K ships inside the ``recbole``
 package) and the Amazon review/metadata JSON-lines files that the papers use. Both end up as the
-same plain structures (a :class:`Catalog` and a list of :class:`Interaction`), so everything after
+same plain structures (an :class:`ItemMetadata` and a list of :class:`Interaction`), so everything after
 loading -- k-core filtering, per-user sequences, leave-one-out and item text -- is format-blind.
 
 Every problem with the input is reported as :class:`genrec.errors.DataError` naming the file and
@@ -29,7 +29,7 @@ from genrec.errors import ConfigError, DataError
 from genrec.item_text import flatten_item_text
 
 __all__ = [
-    "Catalog",
+    "ItemMetadata",
     "Dataset",
     "Interaction",
     "SplitData",
@@ -64,7 +64,7 @@ class Interaction:
 
 
 @dataclass
-class Catalog:
+class ItemMetadata:
     """Item metadata as plain strings, so that item text is built the same way for every format.
 
     ``items`` maps item_id -> {field name: value}; insertion order is the file order and is kept,
@@ -116,7 +116,7 @@ class Dataset:
     """Everything training and evaluation need from one data source, already filtered and split."""
 
     name: str
-    catalog: Catalog
+    catalog: ItemMetadata
     split: SplitData
     item_text: dict[str, str]
     # Time of each item's first interaction (after filtering): what the new-item protocol
@@ -257,10 +257,10 @@ def _read_atomic(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, d
         yield number, row
 
 
-def load_recbole_atomic(folder: Path, name: str | None = None) -> tuple[Catalog, list[Interaction]]:
+def load_recbole_atomic(folder: Path, name: str | None = None) -> tuple[ItemMetadata, list[Interaction]]:
     """Read ``<name>.inter`` (required) and ``<name>.item`` (optional) from a RecBole atomic folder.
 
-    Catalog order: items of the .item file in file order, then items seen only in the .inter file
+    Order: items of the .item file in file order, then items seen only in the .inter file
     (with empty metadata). Without a .item file every interacted item gets empty metadata.
     """
     folder = Path(folder)
@@ -284,7 +284,7 @@ def load_recbole_atomic(folder: Path, name: str | None = None) -> tuple[Catalog,
         items.setdefault(row["item_id"], {})
     if not interactions:
         raise DataError(f"{inter_path}: no interactions (only a header)")
-    return Catalog(items), interactions
+    return ItemMetadata(items), interactions
 
 
 # --------------------------------------------------------------------------- Amazon JSON lines
@@ -366,10 +366,10 @@ def _amazon_metadata(record: dict[str, Any]) -> dict[str, str]:
     return metadata
 
 
-def load_amazon(reviews_path: Path, meta_path: Path) -> tuple[Catalog, list[Interaction]]:
+def load_amazon(reviews_path: Path, meta_path: Path) -> tuple[ItemMetadata, list[Interaction]]:
     """Read Amazon reviews (reviewerID, asin, unixReviewTime) and metadata JSON lines, plain or gzipped.
 
-    Catalog order: meta file order, then reviewed items that have no meta record (empty metadata).
+    Order: meta file order, then reviewed items that have no meta record (empty metadata).
     """
     reviews_path, meta_path = Path(reviews_path), Path(meta_path)
     # Check both files before the (possibly long) parse of the first.
@@ -395,7 +395,7 @@ def load_amazon(reviews_path: Path, meta_path: Path) -> tuple[Catalog, list[Inte
         items.setdefault(asin, {})
     if not interactions:
         raise DataError(f"{reviews_path}: no reviews")
-    return Catalog(items), interactions
+    return ItemMetadata(items), interactions
 
 
 # --------------------------------------------------------------------------- item text
@@ -485,7 +485,7 @@ def _amazon_files(folder: Path, category: str | None) -> tuple[Path, Path] | Non
     return reviews_path, meta_path
 
 
-def _load_source(name: str, data_dir: Path | None) -> tuple[Catalog, list[Interaction], str]:
+def _load_source(name: str, data_dir: Path | None) -> tuple[ItemMetadata, list[Interaction], str]:
     """Pick the loader for ``name``/``data_dir``; also returns a description of the source for errors."""
     if name.startswith(AMAZON_PREFIX):
         category = name[len(AMAZON_PREFIX) :].strip()
@@ -552,7 +552,7 @@ def load_dataset(
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
     used = {x.item_id for x in filtered}
-    kept = Catalog({item_id: meta for item_id, meta in catalog.items.items() if item_id in used})
+    kept = ItemMetadata({item_id: meta for item_id, meta in catalog.items.items() if item_id in used})
     item_text = {}
     for item_id, meta in kept.items.items():
         text = flatten_item_text(meta, max_text_chars)

@@ -11,8 +11,8 @@ import pytest
 
 from genrec.errors import ConfigError, DataError
 from training.data import (
-    Catalog,
     Interaction,
+    ItemMetadata,
     SplitData,
     build_sequences,
     find_recbole_dataset,
@@ -432,7 +432,7 @@ def _ml100k_folder() -> Path | None:
 def test_real_ml100k_counts():
     assert find_recbole_dataset("ml-100k") == _ml100k_folder()
     catalog, inter = load_recbole_atomic(find_recbole_dataset("ml-100k"))
-    assert isinstance(catalog, Catalog)
+    assert isinstance(catalog, ItemMetadata)
     assert len(inter) == 100_000
     assert len(catalog.items) == 1682
     assert len({x.user_id for x in inter}) == 943

@@ -15,7 +15,7 @@ import torch
 from genrec.config import TrainConfig
 from genrec.sasrec.config import SasRecConfig, SasRecSections
 from genrec.sasrec.model import load_sasrec
-from training.data import Catalog, Dataset, SplitData
+from training.data import Dataset, ItemMetadata, SplitData
 from training.evaluation import evaluate_method
 from training.loop import distributed_world
 from training.methods.base import RunContext
@@ -45,7 +45,7 @@ def cyclic_dataset(users: int = 60, seed: int = 0, shift_targets: int = 0) -> Da
         train[f"u{u}"] = walk[:length]
         valid[f"u{u}"] = ITEMS[(ITEMS.index(walk[length]) + shift_targets) % N_ITEMS]
         test[f"u{u}"] = ITEMS[(ITEMS.index(walk[length + 1]) + shift_targets) % N_ITEMS]
-    catalog = Catalog(items={i: {"title": f"{WORDS[n % 8]} {WORDS[n // 8]}"} for n, i in enumerate(ITEMS)})
+    catalog = ItemMetadata(items={i: {"title": f"{WORDS[n % 8]} {WORDS[n // 8]}"} for n, i in enumerate(ITEMS)})
     texts = {i: f"title: {meta['title']}" for i, meta in catalog.items.items()}
     return Dataset(name="cycles", catalog=catalog, split=SplitData(train=train, valid=valid, test=test), item_text=texts)
 
