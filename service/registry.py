@@ -10,6 +10,9 @@ so the keys of one catalog share a slot and its MULTI/EXEC transactions stay leg
                                replica (minted items: which replica minted it)}
     events            -> stream, one entry {item_id, textual_id, token_ids, replica} per minted item
     seeded            -> digest of the bundle whose items were seeded
+    mtext:<digest>    -> hash {base, n}: a metadata text minted before, the base of its first ID
+                         and the last suffix number handed to a repeat of it
+    rl:<bucket>:<window> -> a fixed-window quota counter (service/limits.py), expiring
 
 A mint claims its ID first (SET NX, value: a pending marker of its batch), then writes the
 claim's final value, the item hash and the stream entry in one MULTI/EXEC, watching the item
@@ -61,6 +64,18 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'textual_id', ARGV[2], 'token_ids', ARGV[3], 'text', ARGV[4],
            'metadata', '', 'created_at', ARGV[5], 'source', 'bundle')
 return 1
+"""
+
+# Metadata text minted before: its ID's base and the next suffix number (HINCRBY), or nil. ARGV[1]:
+# a base to record first when the text is not known yet ('' : none).
+_REPEAT = """
+local base = redis.call('HGET', KEYS[1], 'base')
+if not base then
+  if ARGV[1] == '' then return false end
+  redis.call('HSET', KEYS[1], 'base', ARGV[1])
+  base = ARGV[1]
+end
+return {base, redis.call('HINCRBY', KEYS[1], 'n', 1)}
 """
 
 
@@ -158,6 +173,7 @@ class Registry:
         self._release_sync = self.sync.register_script(_RELEASE)
         self._release_aio = self.aio.register_script(_RELEASE)
         self._seed_script = self.aio.register_script(_SEED)
+        self._repeat_script = self.aio.register_script(_REPEAT)
 
     # ------------------------------------------------------------------ keys
 
@@ -394,6 +410,32 @@ class Registry:
         except RedisError as exc:
             await self.release(textual_id, marker)
             raise StoreUnavailableError(f"cannot store item {item_id!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ quotas and repeated metadata
+
+    async def count_hit(self, name: str, ttl_s: int, amount: int = 1) -> int:
+        """INCRBY of the counter `rl:<name>`, which expires after ttl_s seconds (the fixed-window
+        quotas of service/limits.py); one round trip."""
+        key = f"{self.prefix}rl:{name}"
+        pipe = self.aio.pipeline(transaction=False)
+        pipe.incrby(key, amount)
+        pipe.expire(key, ttl_s)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    def text_key(self, digest: str) -> str:
+        return f"{self.prefix}mtext:{digest}"
+
+    async def repeat_of(self, digest: str, known_base: str = "") -> tuple[str, int] | None:
+        """For metadata text (by digest) minted before: (the base its ID was made from, a fresh
+        number n >= 1 to start the numeric suffix after); None when the text is new. A
+        `known_base` (a bundle item's ID with this text) records the text first."""
+        found = await self._repeat_script(keys=[self.text_key(digest)], args=[known_base])
+        return (found[0], int(found[1])) if found else None
+
+    async def remember_text(self, digest: str, base: str) -> None:
+        """Records the base of the first ID minted from this metadata text (the first one wins)."""
+        await self.aio.hsetnx(self.text_key(digest), "base", base)
 
     # ------------------------------------------------------------------ tests / operations
 
