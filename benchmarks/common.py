@@ -85,6 +85,12 @@ def plot_path(out: Path | None) -> Path | None:
     return out.with_suffix(".png") if out is not None else None
 
 
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
 def pyplot():
     import matplotlib
 

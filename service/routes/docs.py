@@ -32,26 +32,24 @@ async def openapi(request: Request):
 
 @router.get("/docs")
 async def swagger_ui(request: Request):
-    root = request.scope.get("root_path", "")
-    return get_swagger_ui_html(
-        openapi_url=f"{root}/openapi.json",
-        title=f"{request.app.title} - Swagger UI",
-        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
-        swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
-        swagger_favicon_url=f"{root}/docs/assets/favicon.png",
-    )
+    root, assets = _paths(request)
+    return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - Swagger UI",
+                               swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+                               swagger_favicon_url=f"{assets}/favicon.png")
 
 
 @router.get("/redoc")
 async def redoc(request: Request):
+    root, assets = _paths(request)
+    return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{request.app.title} - ReDoc",
+                          redoc_js_url=f"{assets}/redoc.standalone.js", redoc_favicon_url=f"{assets}/favicon.png",
+                          with_google_fonts=False)
+
+
+def _paths(request: Request) -> tuple[str, str]:
+    """The app's root path (behind a proxy that mounts it below one) and where the assets are."""
     root = request.scope.get("root_path", "")
-    return get_redoc_html(
-        openapi_url=f"{root}/openapi.json",
-        title=f"{request.app.title} - ReDoc",
-        redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
-        redoc_favicon_url=f"{root}/docs/assets/favicon.png",
-        with_google_fonts=False,
-    )
+    return root, f"{root}/docs/assets"
 
 
 @router.get("/docs/assets/{name}")
