@@ -1,6 +1,7 @@
 # The genrec service image: CPU torch, the genrec core and the service (no training code).
 # Build: docker build -t genrec-service .
-# Run:   docker run -p 8000:8000 -v "$PWD/bundles/tiny:/bundle:ro" genrec-service
+# Run:   docker run -p 8000:8000 -e API_TOKEN=$(openssl rand -hex 32) -v "$PWD/bundles/tiny:/bundle:ro" genrec-service
+#        (the service refuses to start without a write token; see docs/configuration.md, "Security")
 #        (no REDIS_URL: an embedded Redis keeps its data under /data; see docker-compose.yml
 #        for Redis as its own service and two replicas)
 FROM python:3.11-slim

@@ -24,8 +24,10 @@ $(BUNDLE)/manifest.json: | $(VENV)/.installed
 
 train: $(BUNDLE)/manifest.json
 
+# The local quick start: writes need no token (GENREC_ALLOW_ANONYMOUS_WRITES; the service logs a
+# warning). In production set API_TOKEN or API_TOKENS instead (docs/configuration.md, "Security").
 serve: install $(BUNDLE)/manifest.json
-	$(BIN)/genrec-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	GENREC_ALLOW_ANONYMOUS_WRITES=true $(BIN)/genrec-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

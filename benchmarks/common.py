@@ -85,6 +85,12 @@ def plot_path(out: Path | None) -> Path | None:
     return out.with_suffix(".png") if out is not None else None
 
 
+def save_figure(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    print(f"wrote {png}")
+
+
 def pyplot():
     import matplotlib
 
@@ -133,7 +139,9 @@ class Server:
     """`python -m service.cli` on a free loopback port, configured by environment variables
     (service/settings.py), with its output in `log_path`."""
 
-    def __init__(self, bundle: Path, env: dict[str, str], log_path: Path):
+    def __init__(self, bundle: Path, env: dict[str, str], log_path: Path, root: Path | None = None):
+        """`root`: another checkout of the project to run the service from (e.g. an older
+        commit, to measure before and after with the same client); default this one."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {
@@ -141,7 +149,11 @@ class Server:
             **env,
             "GENREC_BUNDLE": str(bundle),
             "GENREC_TORCH_THREADS": env.get("GENREC_TORCH_THREADS", "1"),
+            # A benchmark's own server on loopback; runs that need the write token set one.
+            "GENREC_ALLOW_ANONYMOUS_WRITES": env.get("GENREC_ALLOW_ANONYMOUS_WRITES", "true"),
         }
+        if root is not None:
+            full["PYTHONPATH"] = str(root)
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [
@@ -156,7 +168,7 @@ class Server:
                 "warning",
             ],
             env=full,
-            cwd=REPO_ROOT,
+            cwd=root or REPO_ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

@@ -30,13 +30,14 @@ class KeepAliveConnection:
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
 
-    async def post_json(self, path: str, body: dict) -> tuple[int, bytes]:
-        """(status, response body) of POST `path` with `body` as JSON."""
+    async def post_json(self, path: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, response body) of POST `path` with `body` as JSON (and extra `headers`)."""
         if self._writer is None:
             await self._connect()
         payload = json.dumps(body).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         ).encode()
         self._writer.write(head + payload)

@@ -60,6 +60,7 @@ class RuntimeOptions:
     """Settings the deployment may change without retraining (None: the bundle's own)."""
 
     num_beams: int | None = None  # beam width of methods that decode (IDGenRec)
+    mint_max_rounds: int | None = None  # generator rounds per new item before the numeric suffix (IDGenRec)
 
 
 class UserIdCache(Protocol):

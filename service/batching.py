@@ -1,8 +1,14 @@
 """Micro-batching: concurrent requests gathered for up to `max_wait_ms` (or `max_batch`
-requests) and handled in one call on the inference executor.
+requests) and handled in one call on an executor.
 
-The executor is a single dedicated thread shared by every batcher of an app, so torch
-calls (decoding, minting) never run concurrently and never block the event loop.
+Each executor is a single dedicated thread (the recommendations' one, and the mints' own
+unless GENREC_MINT_THREAD=false), so the torch calls of one batcher never run concurrently and
+never block the event loop.
+
+Load shedding: the queue is bounded (`max_queue`: a submit past it raises QueueFull at once),
+a request may carry a deadline (past it, it is dropped from the queue with DeadlineExceeded),
+and a request whose caller stopped waiting (its future cancelled: the client went away, or the
+caller's own timeout) is dropped before its batch is handled.
 """
 
 from __future__ import annotations
@@ -27,10 +33,20 @@ class BatcherClosed(RuntimeError):
     """The batcher is stopping; the request was not handled."""
 
 
+class QueueFull(RuntimeError):
+    """The batcher's queue holds `max_queue` requests already; the request was not queued."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's deadline passed while it waited in the queue; it was not handled."""
+
+
 @dataclass
 class _Job(Generic[Req]):
     request: Req
     future: asyncio.Future = field(repr=False)
+    deadline: float | None = None  # loop time
+    queued: bool = True  # counted in the batcher's queue depth until gathered or abandoned
 
 
 class MicroBatcher(Generic[Req, Res]):
@@ -57,6 +73,7 @@ class MicroBatcher(Generic[Req, Res]):
         adaptive_wait: bool = True,
         on_batch: Callable[[int], None] | None = None,
         discard: Callable[[Req, Res], None] | None = None,
+        max_queue: int | None = None,
     ):
         self.name = name
         self.handle = handle
@@ -67,9 +84,17 @@ class MicroBatcher(Generic[Req, Res]):
         self._last_batch_size = 1  # a service starts idle: its first request goes at once
         self.on_batch = on_batch
         self.discard = discard
+        self.max_queue = max_queue
+        self.dropped = {"deadline": 0, "abandoned": 0}  # queued requests never handled, by reason
         self._queue: asyncio.Queue[_Job[Req]] = asyncio.Queue()
+        self._waiting = 0  # live requests in the queue (abandoned ones no longer count)
         self._task: asyncio.Task | None = None
         self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in the queue, not counting those whose callers gave up."""
+        return self._waiting
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"genrec-batcher-{self.name}")
@@ -95,12 +120,37 @@ class MicroBatcher(Generic[Req, Res]):
             if job is not _STOP and not job.future.done():
                 job.future.set_exception(BatcherClosed(f"{self.name} batcher stopped"))
 
-    async def submit(self, request: Req) -> Res:
+    async def submit(self, request: Req, deadline: float | None = None) -> Res:
+        """The request's result. QueueFull when the queue is full; DeadlineExceeded when
+        `deadline` (loop time) passes before its batch starts. Cancelling the caller drops the
+        request from the queue (or, once its batch runs, discards its result)."""
         if self._closed or self._task is None:
             raise BatcherClosed(f"{self.name} batcher is not running")
+        if self.max_queue is not None and self._waiting >= self.max_queue:
+            raise QueueFull(f"{self.name} queue is full ({self._waiting} waiting)")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(request, future))
+        job = _Job(request, future, deadline)
+        self._waiting += 1
+        future.add_done_callback(lambda _f: self._leave_queue(job))
+        self._queue.put_nowait(job)
         return await future
+
+    def _leave_queue(self, job: _Job) -> None:
+        if job.queued:
+            job.queued = False
+            self._waiting -= 1
+
+    def _usable(self, job: _Job, now: float) -> bool:
+        """Leaves the queue; False (and the job answered, if need be) when it must be dropped."""
+        self._leave_queue(job)
+        if job.future.done():
+            self.dropped["abandoned"] += 1
+            return False
+        if job.deadline is not None and now >= job.deadline:
+            self.dropped["deadline"] += 1
+            job.future.set_exception(DeadlineExceeded(f"{self.name}: the deadline passed in the queue"))
+            return False
+        return True
 
     async def _gather(self) -> tuple[list[_Job[Req]], bool]:
         """The next batch, and whether the stop sentinel was met."""
@@ -127,7 +177,8 @@ class MicroBatcher(Generic[Req, Res]):
                 stopping = True
                 break
             batch.append(job)
-        return [job for job in batch if not job.future.done()], stopping
+        now = loop.time()
+        return [job for job in batch if self._usable(job, now)], stopping
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,5 +1,6 @@
-"""FastAPI dependencies shared by the routers: the app's `ServiceState`, the write-token check
-and the JSON body check.
+"""FastAPI dependencies shared by the routers: the app's `ServiceState`, access control (tokens
+and scopes, the per-client quotas; the rules are in service/access.py), the request's deadline
+and disconnect watch, and the JSON body check.
 
 The routes hold no state of their own: they reach the app instance's `ServiceState`
 (request.app.state.service) through these, so one module can serve any number of apps.
@@ -7,12 +8,17 @@ The routes hold no state of their own: they reach the app instance's `ServiceSta
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from .access import authorize, charge
 from .errors import ApiError
+from .settings import ApiKey
 from .state import ServiceState
 
 
@@ -34,27 +40,75 @@ def get_state(request: Request) -> ServiceState:
 _bearer = HTTPBearer(
     auto_error=False,
     scheme_name="apiToken",
-    description="the service's API token (API_TOKEN); write endpoints need it when one is set",
+    description="an API token (API_TOKEN or API_TOKENS); write endpoints need one with the write scope, "
+    "reads one with the read scope when GENREC_REQUIRE_READ_TOKEN=true",
 )
 
 
-def require_write_token(
+async def read_access(request: Request) -> ApiKey | None:
+    """Reads: open unless GENREC_REQUIRE_READ_TOKEN (a sent token must still be valid), and one
+    unit of the read quota. (Not through `_bearer`, so the OpenAPI document marks reads as open;
+    create_app marks them when a read token is required.)"""
+    state = get_state(request)
+    key = await authorize(request, state, "read", state.settings.require_read_token)
+    await charge(request, state, "read", key)
+    return key
+
+
+async def write_access(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> None:
-    """Write endpoints need `Authorization: Bearer <token>` when a token is set. The comparison
-    is constant-time (hmac.compare_digest), so answer timing tells nothing about the token."""
-    settings = service_state(request).settings
-    if not settings.write_protected():
-        return
-    expected = settings.api_token.get_secret_value().encode()
-    given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, expected):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "this endpoint needs 'Authorization: Bearer <API token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+) -> ApiKey | None:
+    """Writes need a token with the write scope (unless GENREC_ALLOW_ANONYMOUS_WRITES and no
+    write token is configured), and one unit of the write quota."""
+    state = get_state(request)
+    key = await authorize(request, state, "write", state.write_protected)
+    await charge(request, state, "write", key)
+    return key
+
+
+def guarded(endpoint: Literal["metrics", "docs"]):
+    """A dependency for /metrics or the docs: 404 when off, a read token when `token`."""
+
+    async def dependency(request: Request) -> None:
+        state = service_state(request)
+        access = state.settings.access(endpoint)
+        if access == "off":
+            raise ApiError(404, "not_found", "not found")
+        if access == "token":
+            await authorize(request, state, "read", required=True)
+
+    return dependency
+
+
+def request_deadline(request: Request) -> float:
+    """Loop time by which the request must be answered (GENREC_REQUEST_TIMEOUT_S after it came in)."""
+    state = service_state(request)
+    started = (request.scope.get("state") or {}).get("started")
+    if started is None:
+        started = asyncio.get_running_loop().time()
+    return started + state.settings.request_timeout_s
+
+
+@contextlib.asynccontextmanager
+async def client_gone(request: Request) -> AsyncIterator[asyncio.Event]:
+    """An event set when the client disconnects while the request is being handled (the body
+    has been read by then, so the next ASGI message can only be the disconnect)."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
+
+    task = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def require_json(request: Request) -> None:

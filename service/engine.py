@@ -5,21 +5,24 @@ Recommendation requests are grouped by the method's `batch_key(k)` (a request's 
 depend on its batch-mates), answered with the largest k of the group and trimmed to each
 request's k. Minting claims every candidate ID in Redis (SET NX) through the registry's
 synchronous client; each claim carries a pending marker of its own (the batch's, numbered) until
-its item is committed by the event loop.
+its item is committed by the event loop. An item whose metadata text was minted before skips the
+method: its ID is that text's first ID with the next free numeric suffix (what the generator
+would end with anyway, after all its rounds had found every candidate taken).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from genrec.bundle import Bundle, load_method
 from genrec.item_text import flatten_item_text, metadata_values_text
 from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions
-from genrec.textual_ids import MintedId
+from genrec.textual_ids import MintedId, suffixed_id
 
 from .catalog import Catalog
 from .metrics import ServiceMetrics
@@ -42,6 +45,18 @@ class MintJob:
     item_id: str
     text: str  # flattened metadata: the generator's input
     vocabulary_text: str  # the words the ID may use
+    digest: str = ""  # text_digest(text): how a repeat of the same text is found
+    repeat_base: str | None = None  # set for a repeat: the base of the text's first ID...
+    repeat_from: int = 2  # ...and the first suffix number to try
+
+    def repeating(self, base: str, n: int) -> MintJob:
+        """This job as a repeat of a text whose first ID was made from `base` (suffixes from n + 1)."""
+        return replace(self, repeat_base=base, repeat_from=n + 1)
+
+
+def text_digest(text: str) -> str:
+    """The key of an item text in the registry's `mtext:` records."""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -67,12 +82,13 @@ class Engine:
     """The bundle's method, its catalog and what the service measures around them."""
 
     def __init__(self, bundle: Bundle, catalog: Catalog, registry: Registry | None, metrics: ServiceMetrics,
-                 num_beams: int | None = None, method: Method | None = None):
+                 num_beams: int | None = None, method: Method | None = None, mint_max_rounds: int | None = None):
         self.bundle = bundle
         self.catalog = catalog
         self.registry = registry
         self.metrics = metrics
-        self.method = method if method is not None else load_method(bundle, RuntimeOptions(num_beams=num_beams))
+        options = RuntimeOptions(num_beams=num_beams, mint_max_rounds=mint_max_rounds)
+        self.method = method if method is not None else load_method(bundle, options)
         self.eos_token_id = bundle.tokenizer.eos_token_id
         self.max_text_chars = bundle.train_config.data.max_text_chars
         self.cache = RedisUserIdCache(registry) if registry is not None else None
@@ -132,7 +148,7 @@ class Engine:
 
         start = time.perf_counter()
         try:
-            minted = self.method.mint([NewItem(job.text, job.vocabulary_text) for job in jobs], claim)
+            minted = self._mint(jobs, claim)
         except BaseException:
             for textual_id, marker in claimed.items():
                 self.registry.release_sync([textual_id], marker)
@@ -140,6 +156,19 @@ class Engine:
         finally:
             self.metrics.mint_latency.observe(time.perf_counter() - start)
         return [MintResult(m, claimed[m.textual_id]) for m in minted]
+
+    def _mint(self, jobs: list[MintJob], claim) -> list[MintedId]:
+        """Repeats of known texts straight to their suffix; the other items through the method."""
+        minted: list[MintedId | None] = [None] * len(jobs)
+        fresh = [i for i, job in enumerate(jobs) if job.repeat_base is None]
+        for i, job in enumerate(jobs):
+            if job.repeat_base is not None:
+                minted[i] = suffixed_id(self.bundle.tokenizer, job.repeat_base, claim, start=job.repeat_from)
+        if fresh:
+            made = self.method.mint([NewItem(jobs[i].text, jobs[i].vocabulary_text) for i in fresh], claim)
+            for i, one in zip(fresh, made, strict=True):
+                minted[i] = one
+        return minted
 
     def trie_key(self, minted: MintedId) -> list[int]:
         return list(minted.token_ids) + [self.eos_token_id]

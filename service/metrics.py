@@ -58,6 +58,23 @@ class ServiceMetrics:
         self.catalog_items = Gauge("genrec_catalog_items", "items the trie holds (bundle + minted)", registry=r)
         self.trie_overlay_items = Gauge("genrec_trie_overlay_items", "minted items not yet folded into the base", registry=r)
         self.trie_folds = Counter("genrec_trie_folds", "rebuilds of the trie base", registry=r)
+        self.shed = Counter(
+            "genrec_requests_shed",
+            "requests refused or dropped to protect the service, by reason (queue_full, deadline, "
+            "client_gone, rate_limited, auth_throttled)",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge("genrec_queue_depth", "requests waiting for a batch, by batcher", ["kind"], registry=r)
+        self.mint_repeats = Counter(
+            "genrec_mint_repeats", "new items whose metadata text was minted before: suffixed without the generator",
+            registry=r,
+        )
+        self.limiter_fallbacks = Counter(
+            "genrec_rate_limit_local_fallbacks",
+            "rate-limit and auth-failure counts kept in this replica's memory because Redis did not answer",
+            registry=r,
+        )
         if catalog_size is not None:
             self.catalog_items.set_function(catalog_size)
 

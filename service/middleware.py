@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -31,7 +32,9 @@ class RequestIdMiddleware:
         given = next((v for k, v in scope.get("headers", ()) if k == REQUEST_ID_HEADER.encode()), b"")
         given = given.decode("latin-1")
         request_id = given if _CALLER_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = asyncio.get_running_loop().time()  # the request's deadline counts from here
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -12,6 +12,9 @@ so the keys of one catalog share a slot: its multi-key scripts stay legal on a c
     seeded            -> digest of the bundle whose items were seeded
     uid:<digest>      -> a cached textual user ID (expires)
     confirm           -> written before a WAIT that confirms an existing item (wait_replicas)
+    mtext:<digest>    -> hash {base, n}: a metadata text minted before, the base of its first ID
+                         and the last suffix number handed to a repeat of it
+    rl:<bucket>:<window> -> a fixed-window quota counter (service/limits.py), expiring
 
 A mint claims its ID first (SET NX, value: a pending marker of this claim, expiring after the
 pending-claim TTL), then commits it with one Lua script, atomic on the slot's node: if the item
@@ -99,6 +102,18 @@ redis.call('HSET', KEYS[2], 'textual_id', ARGV[3], 'token_ids', ARGV[4], 'text',
            'metadata', ARGV[6], 'created_at', ARGV[7], 'source', 'minted', 'replica', ARGV[8])
 return {1, redis.call('XADD', KEYS[3], '*', 'item_id', ARGV[2], 'textual_id', ARGV[3],
                       'token_ids', ARGV[4], 'replica', ARGV[8])}
+"""
+
+# Metadata text minted before: its ID's base and the next suffix number (HINCRBY), or nil. ARGV[1]:
+# a base to record first when the text is not known yet ('' : none).
+_REPEAT = """
+local base = redis.call('HGET', KEYS[1], 'base')
+if not base then
+  if ARGV[1] == '' then return false end
+  redis.call('HSET', KEYS[1], 'base', ARGV[1])
+  base = ARGV[1]
+end
+return {base, redis.call('HINCRBY', KEYS[1], 'n', 1)}
 """
 
 
@@ -538,6 +553,32 @@ class Registry:
                     await self.aio.exists(keys[0])  # follows the redirect: the client learns the slot's new node
                 else:
                     await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ quotas and repeated metadata
+
+    async def count_hit(self, name: str, ttl_s: int, amount: int = 1) -> int:
+        """INCRBY of the counter `rl:<name>`, which expires after ttl_s seconds (the fixed-window
+        quotas of service/limits.py); one round trip."""
+        key = f"{self.prefix}rl:{name}"
+        pipe = self.aio.pipeline(transaction=False)
+        pipe.incrby(key, amount)
+        pipe.expire(key, ttl_s)
+        count, _ = await pipe.execute()
+        return int(count)
+
+    def text_key(self, digest: str) -> str:
+        return f"{self.prefix}mtext:{digest}"
+
+    async def repeat_of(self, digest: str, known_base: str = "") -> tuple[str, int] | None:
+        """For metadata text (by digest) minted before: (the base its ID was made from, a fresh
+        number n >= 1 to start the numeric suffix after); None when the text is new. A
+        `known_base` (a bundle item's ID with this text) records the text first."""
+        found = await self.aio.eval(_REPEAT, 1, self.text_key(digest), known_base)  # EVAL: see the docstring
+        return (found[0], int(found[1])) if found else None
+
+    async def remember_text(self, digest: str, base: str) -> None:
+        """Records the base of the first ID minted from this metadata text (the first one wins)."""
+        await self.aio.hsetnx(self.text_key(digest), "base", base)
 
     # ------------------------------------------------------------------ tests / operations
 

@@ -5,6 +5,11 @@ their own.
 Start: load the bundle on the inference thread, connect Redis (or start the embedded one), seed
 the bundle's items, load the items minted so far from the events stream, then follow the
 stream. Nothing heavy happens at import.
+
+Recommendations and mints run on threads of their own (one each; GENREC_MINT_THREAD=false puts
+both on one), behind bounded queues: a burst of mints does not hold up recommendations, and a
+request that waits past its deadline, or whose client went away, is dropped before its batch
+runs (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,12 +31,15 @@ from fastapi import FastAPI
 
 from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
+from genrec.item_text import flatten_item_text
+from genrec.textual_ids import id_words, normalize_textual_id
 
-from .batching import BatcherClosed, MicroBatcher
+from .batching import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
 from .catalog import Catalog, EventFollower
 from .embedded_redis import EmbeddedRedis
-from .engine import Engine, MintJob, MintResult, RecommendJob, texts_for
+from .engine import Engine, MintJob, MintResult, RecommendJob, flatten_metadata, text_digest, texts_for
 from .errors import ApiError, invalid
+from .limits import Limiter, retry_after
 from .metrics import ServiceMetrics
 from .redis_clients import STORE_ERRORS
 from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError
@@ -85,6 +93,10 @@ class ServiceState:
         self.recommend_batcher: MicroBatcher | None = None
         self.mint_batcher: MicroBatcher | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.mint_executor: ThreadPoolExecutor | None = None  # the executor itself unless mint_thread
+        self.keys = settings.keys()
+        self.write_protected = settings.write_protected()
+        self.bundle_bases: dict[str, str] = {}  # digest of a bundle item's text -> its textual ID
         self.model_info: dict[str, Any] = {}
         self.ready = False
         self.stopping = False
@@ -93,6 +105,8 @@ class ServiceState:
         self._fold_task: asyncio.Task | None = None
         self._restore_task: asyncio.Task | None = None
         self.metrics = ServiceMetrics(catalog_size=lambda: float(len(self.catalog)) if self.catalog else 0.0)
+        self.limiter = Limiter(self._count_hit, settings.redis_lookup_timeout_s,
+                               on_fallback=self.metrics.limiter_fallbacks.inc)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -100,7 +114,12 @@ class ServiceState:
         s = self.settings
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
+        if not self.write_protected:
+            log.warning("no write token and GENREC_ALLOW_ANONYMOUS_WRITES=true: anyone who can reach this "
+                        "service can add items (POST /v1/items); set API_TOKEN or API_TOKENS in production")
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-inference")
+        self.mint_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-mint")
+                              if s.mint_thread else self.executor)
         loop = asyncio.get_running_loop()
         try:
             self.bundle = await loop.run_in_executor(
@@ -123,7 +142,9 @@ class ServiceState:
                                      lookup_timeout_s=s.redis_lookup_timeout_s,
                                      pending_ttl_s=s.pending_claim_ttl_s, cluster=s.redis_cluster,
                                      wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
-            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams)
+            self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
+                                 mint_max_rounds=s.mint_max_rounds or None)
+            self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
             events, last_id = await self.registry.load_events()
@@ -138,8 +159,10 @@ class ServiceState:
             self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
             await self.registry.connect_follower()
             self.follower.start()
-            self.recommend_batcher = self._batcher("recommend", self.engine.recommend_batch)
-            self.mint_batcher = self._batcher("mint", self.engine.mint_batch, discard=self._discard_mint)
+            self.recommend_batcher = self._batcher("recommend", self.engine.recommend_batch, self.executor,
+                                                   s.max_queue)
+            self.mint_batcher = self._batcher("mint", self.engine.mint_batch, self.mint_executor, s.max_mint_queue,
+                                              discard=self._discard_mint)
             self.recommend_batcher.start()
             self.mint_batcher.start()
             self._after_add(followed=False, count=False)
@@ -157,19 +180,31 @@ class ServiceState:
             await self.stop()
             raise
 
-    def _batcher(self, kind: str, handle: Callable[[list], Sequence], **extra: Any) -> MicroBatcher:
-        """A batcher on the inference thread, with the settings' batching and its batch sizes observed."""
+    def _batcher(self, kind: str, handle: Callable[[list], Sequence], executor: ThreadPoolExecutor,
+                 max_queue: int, **extra: Any) -> MicroBatcher:
+        """A batcher on `executor` with a queue of at most `max_queue`, the settings' batching,
+        and its batch sizes and queue depth observed."""
         s = self.settings
-        return MicroBatcher(
+        batcher = MicroBatcher(
             kind,
             handle,
-            self.executor,
+            executor,
             max_batch=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
             adaptive_wait=s.adaptive_wait,
             on_batch=lambda n: self.metrics.batch_size.labels(kind=kind).observe(n),
+            max_queue=max_queue,
             **extra,
         )
+        self.metrics.queue_depth.labels(kind=kind).set_function(lambda: float(batcher.depth))
+        return batcher
+
+    async def _count_hit(self, name: str, ttl_s: int, amount: int) -> int:
+        """The limiter's shared counter (Redis); before Redis is connected, an error (the
+        limiter then counts in memory)."""
+        if self.registry is None:
+            raise ConnectionError("the registry is not connected yet")
+        return await self.registry.count_hit(name, ttl_s, amount)
 
     async def _wait_for_redis(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.redis_startup_timeout_s
@@ -204,6 +239,9 @@ class ServiceState:
             await asyncio.gather(self._restore_task, return_exceptions=True)
         if self.registry is not None:
             await self.registry.close()
+        if self.mint_executor is not None and self.mint_executor is not self.executor:
+            await asyncio.to_thread(self.mint_executor.shutdown, True)
+        self.mint_executor = None
         if self.executor is not None:
             await asyncio.to_thread(self.executor.shutdown, True)
             self.executor = None
@@ -276,7 +314,10 @@ class ServiceState:
 
     # ------------------------------------------------------------------ recommendations
 
-    async def recommend(self, body: RecommendationRequest) -> RecommendationResponse:
+    async def recommend(self, body: RecommendationRequest, deadline: float | None = None,
+                        gone: asyncio.Event | None = None) -> RecommendationResponse:
+        """The answer to a recommendation request; `deadline` (loop time) and `gone` (set when
+        the client disconnects) drop the request's work when they come first."""
         s = self.settings
         if len(body.history) > s.max_history:
             raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
@@ -291,12 +332,51 @@ class ServiceState:
             raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
                            {"item_ids": missing})
         job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
-        rows = await self.recommend_batcher.submit(job)
+        rows = await self._queued(self.recommend_batcher.submit(job, deadline), deadline, gone)
         items = [
             RecommendedItem(item_id=r.item_id, textual_id=self.catalog.textual_id(r.item_id) or "", score=r.score)
             for r in rows
         ]
         return RecommendationResponse(items=items, model=self.model_info)
+
+    async def _queued(self, submitted: Awaitable, deadline: float | None, gone: asyncio.Event | None = None):
+        """The result of a batcher submit, or the API error that sheds it: 503 when the queue is
+        full or the deadline passes first, 499 when the client goes away first. Whatever comes
+        first, a request that is not answered is dropped from its queue (or its result
+        discarded, if its batch already runs)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(submitted)
+        watch = asyncio.ensure_future(gone.wait()) if gone is not None else None
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            done, _ = await asyncio.wait({task} | ({watch} if watch else set()), timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            if watch is not None:
+                watch.cancel()
+        if task in done:
+            try:
+                return task.result()
+            except QueueFull as exc:
+                self.metrics.shed.labels(reason="queue_full").inc()
+                raise _overloaded("queue_full", "too many requests are waiting; retry later") from exc
+            except DeadlineExceeded as exc:
+                self.metrics.shed.labels(reason="deadline").inc()
+                raise _overloaded("deadline_exceeded", self._deadline_message()) from exc
+            except BatcherClosed as exc:
+                raise ApiError(503, "shutting_down", "the service is shutting down") from exc
+        task.cancel()
+        if watch is not None and watch in done:
+            self.metrics.shed.labels(reason="client_gone").inc()
+            raise ApiError(499, "client_closed_request", "the client closed the connection")
+        self.metrics.shed.labels(reason="deadline").inc()
+        raise _overloaded("deadline_exceeded", self._deadline_message())
+
+    def _deadline_message(self) -> str:
+        return f"no answer within {self.settings.request_timeout_s:g} s (GENREC_REQUEST_TIMEOUT_S); retry later"
 
     async def _look_up_missing(self, item_ids: list[str]) -> tuple[list[str], bool]:
         """(ids still unknown after asking Redis, whether Redis answered): an item minted on
@@ -304,8 +384,10 @@ class ServiceState:
 
         The lookup is optional, so it gets `redis_lookup_timeout_s`, not the full Redis
         timeout: with Redis down or hung the request is answered from memory at once (the
-        ids stay unknown) instead of waiting on, or failing with, the store."""
-        if len(item_ids) > 64:
+        ids stay unknown) instead of waiting on, or failing with, the store. It is one
+        pipelined read of at most GENREC_MAX_REDIS_LOOKUPS ids; a request naming more unknown
+        ids is answered without any read."""
+        if len(item_ids) > self.settings.max_redis_lookups:  # no read at all: a request costs Redis little
             return item_ids, True
         try:
             records = await asyncio.wait_for(self.registry.get_items(item_ids), self.settings.redis_lookup_timeout_s)
@@ -319,18 +401,16 @@ class ServiceState:
 
     # ------------------------------------------------------------------ minting
 
-    async def create_item(self, body: ItemCreateRequest) -> tuple[str, bool]:
-        """(textual_id, created) for the item; mints it when nobody has."""
-        s = self.settings
-        if len(body.metadata) > s.max_metadata_fields:
-            raise invalid("metadata", f"at most {s.max_metadata_fields} fields (got {len(body.metadata)})")
+    async def create_item(self, body: ItemCreateRequest, deadline: float | None = None) -> tuple[str, bool]:
+        """(textual_id, created) for the item; mints it when nobody has. A mint still queued at
+        `deadline` is dropped (503); one under way is awaited (its generator rounds are capped)."""
+        self._check_metadata(body.metadata)
         text, vocabulary = texts_for(body.metadata, self.engine.max_text_chars)
-        if len(text) > s.max_metadata_chars:
-            raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
         if not text or not vocabulary.strip():
             raise invalid("metadata", "has no text (every value is empty)")
+        job = MintJob(body.item_id, text, vocabulary, digest=text_digest(text))
         try:
-            return await self._find_or_mint(body.item_id, MintJob(body.item_id, text, vocabulary), body.metadata)
+            return await self._find_or_mint(body.item_id, job, body.metadata, deadline)
         except ReplicationUnconfirmedError as exc:
             self.metrics.redis_errors.labels(operation="wait").inc()
             log.warning("minting %r: %s", body.item_id, exc)
@@ -340,7 +420,24 @@ class ServiceState:
             log.warning("minting %r failed, Redis unavailable: %s", body.item_id, exc)
             raise _mint_unavailable() from exc
 
-    async def _find_or_mint(self, item_id: str, job: MintJob, metadata: dict) -> tuple[str, bool]:
+    def _check_metadata(self, metadata: dict) -> None:
+        """Every metadata limit, on the metadata as posted (before the text is cut to the
+        bundle's max_text_chars): fields, characters of a value and of the whole text, and the
+        longest word (a `\\w+` run, as ID words are) of a value. 422 naming the field."""
+        s = self.settings
+        if len(metadata) > s.max_metadata_fields:
+            raise invalid("metadata", f"at most {s.max_metadata_fields} fields (got {len(metadata)})")
+        flat = flatten_metadata(metadata)
+        for key, value in flat.items():
+            if len(value) > s.max_metadata_value_chars:
+                raise invalid(f"metadata.{key}", f"a value may have at most {s.max_metadata_value_chars} characters")
+            if max(map(len, id_words(normalize_textual_id(value))), default=0) > s.max_metadata_word_chars:
+                raise invalid(f"metadata.{key}", f"a word may have at most {s.max_metadata_word_chars} characters")
+        if len(flatten_item_text(flat)) > s.max_metadata_chars:
+            raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
+
+    async def _find_or_mint(self, item_id: str, job: MintJob, metadata: dict,
+                            deadline: float | None = None) -> tuple[str, bool]:
         """The known ID (memory, then Redis), the result of a mint of this item under way, or a new mint."""
         known = self.catalog.textual_id(item_id)
         if known is not None:
@@ -357,17 +454,19 @@ class ServiceState:
         if inflight is not None:
             result = await asyncio.shield(inflight)
             return result.record.textual_id, False
-        task = asyncio.create_task(self._mint_and_commit(job, metadata))
+        task = asyncio.create_task(self._mint_and_commit(job, metadata, deadline))
         self._inflight_mints[item_id] = task
         task.add_done_callback(lambda _t: self._inflight_mints.pop(item_id, None))
         result = await asyncio.shield(task)  # a client that goes away does not stop a mint halfway
         return result.record.textual_id, result.created
 
-    async def _mint_and_commit(self, job: MintJob, metadata: dict) -> CommitResult:
-        try:
-            minted: MintResult = await self.mint_batcher.submit(job)
-        except BatcherClosed as exc:
-            raise ApiError(503, "shutting_down", "the service is shutting down") from exc
+    async def _mint_and_commit(self, job: MintJob, metadata: dict, deadline: float | None = None) -> CommitResult:
+        """Mints (a repeat of known metadata text: straight to a numeric suffix of the ID that text
+        got first, without the generator), commits, and records a new text's ID for its repeats."""
+        repeat = await self.registry.repeat_of(job.digest, self.bundle_bases.get(job.digest, ""))
+        if repeat is not None:
+            job = job.repeating(*repeat)
+        minted: MintResult = await self._queued(self.mint_batcher.submit(job, deadline), None)
         try:
             result = await self.registry.commit(
                 job.item_id,
@@ -384,6 +483,11 @@ class ServiceState:
                 self._learned_commit(exc.result)
             raise
         self._learned_commit(result)
+        if result.created:
+            if repeat is not None:
+                self.metrics.mint_repeats.inc()
+            else:
+                await self._remember_text(job.digest, minted)
         return result
 
     def _learned_commit(self, result: CommitResult) -> None:
@@ -391,6 +495,15 @@ class ServiceState:
         if result.created:
             self.catalog.note_entry(result.record.item_id, result.entry_id)
             self.metrics.items_minted.inc()
+
+    async def _remember_text(self, digest: str, minted: MintResult) -> None:
+        """Best effort (the item is committed already): the base of this text's first ID."""
+        words = minted.minted.textual_id.split(" ")
+        base = " ".join(words[:-1] if minted.minted.suffixed and len(words) > 1 else words)
+        try:
+            await self.registry.remember_text(digest, base)
+        except STORE_ERRORS as exc:
+            log.warning("could not record the metadata text of a minted item: %s", exc)
 
     def _learn(self, record: ItemRecord) -> None:
         try:
@@ -477,6 +590,11 @@ class ServiceState:
                 self.metrics.redis_errors.labels(operation="ping").inc()
                 checks["redis"] = f"unreachable ({type(exc).__name__})"
         return checks
+
+
+def _overloaded(code: str, message: str) -> ApiError:
+    """503 for a request shed under load; retrying a second later is fine."""
+    return ApiError(503, code, message, headers=retry_after(1))
 
 
 def _mint_unavailable() -> ApiError:

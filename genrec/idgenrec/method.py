@@ -5,6 +5,7 @@ generator, so they are recommendable at once."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -38,6 +39,8 @@ class IdGenRec(Method):
         self.recommender_model = recommender_model
         self.num_beams = int((options.num_beams if options else None) or config.eval.num_beams)
         self.mint_config = config.generator.mint
+        if options is not None and options.mint_max_rounds is not None:
+            self.mint_config = replace(self.mint_config, max_rounds=options.mint_max_rounds)
         self.recommender = IdGenRecRecommender(
             recommender_model, tokenizer, None, template=TEST_TEMPLATE,
             max_history=config.data.max_history, max_source_length=config.recommender.max_source_length,

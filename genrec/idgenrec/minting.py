@@ -3,7 +3,8 @@
 One implementation serves training (the whole catalog, in batches, claiming in a set) and
 the service (new items, claiming in Redis with SET NX): the caller's `claim(textual_id)`
 returns True when the ID was free and is now taken. The loop always ends: after the last
-length step a deterministic numeric suffix is used, and counted.
+length step (or after `max_rounds` generator rounds, when set) a deterministic numeric suffix is
+used, and counted. Every ID keeps to the caps of genrec.textual_ids, the suffixed ones included.
 """
 
 import functools
@@ -11,9 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ..diverse_beam import WordConstraint, diverse_beam_search
-from ..errors import IdExhaustedError
 from ..progress import progress_bar
-from ..textual_ids import MintedId, canonical_id, normalize_textual_id
+from ..textual_ids import MAX_ID_WORD_CHARS, MintedId, canonical_id, normalize_textual_id, suffixed_id
 from ..tokenization import encode_texts
 
 
@@ -31,6 +31,9 @@ class MintConfig:
     restrict_to_item_words: bool = True  # IDs made only of whole words of the item's metadata
     max_source_length: int = 256
     max_suffix: int = 100000
+    # Generator rounds (one diverse beam search each) per item before the suffix fallback; None:
+    # the whole penalty x length schedule. The service caps it (GENREC_MINT_MAX_ROUNDS).
+    max_rounds: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +78,7 @@ def mint_ids(
     results: list[MintedId | None] = [None] * len(texts)
     fallback: list[str] = [""] * len(texts)
     state = {i: (config.penalty_start, config.min_length_start, 0) for i in range(len(texts))}
+    rounds = [0] * len(texts)
     stats = MintStats(items=len(texts))
     bar = progress_bar(total=len(texts), desc="minting IDs", enabled=progress, unit="item")
     was_raised_penalty: set[int] = set()
@@ -95,6 +99,7 @@ def mint_ids(
                 max_length=min_length + config.extra_length,
             )
             for i, item_candidates in _decoded_in_order(decode, indices, source, constraints, config.batch_size, stats):
+                rounds[i] += 1
                 texts_tried = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in item_candidates]
                 minted = _claim_first(tokenizer, texts_tried, claim)
                 if minted is not None:
@@ -107,21 +112,14 @@ def mint_ids(
                         (c[0] for c in map(lambda t: canonical_id(tokenizer, _without_repeats(t)), texts_tried) if c),
                         "",
                     )
-                penalty_next = penalty + config.penalty_step
-                if penalty_next <= config.penalty_max:
-                    was_raised_penalty.add(i)
-                    next_state[i] = (penalty_next, min_length, length_step)
-                elif length_step + 1 < config.length_steps:
-                    was_raised_length.add(i)
-                    next_state[i] = (
-                        config.penalty_start,
-                        min_length + config.min_length_step,
-                        length_step + 1,
-                    )
-                else:
-                    words = _text_words((vocabulary_texts or texts)[i] if config.restrict_to_item_words else texts[i])
-                    results[i] = _suffixed(tokenizer, fallback[i] or words, claim, config)
-                    bar.update(1)
+                following = _next_setting(config, penalty, min_length, length_step, rounds[i])
+                if following is not None:
+                    (was_raised_length if following[2] > length_step else was_raised_penalty).add(i)
+                    next_state[i] = following
+                    continue
+                words = _text_words((vocabulary_texts or texts)[i] if config.restrict_to_item_words else texts[i])
+                results[i] = _suffixed(tokenizer, fallback[i] or words, claim, config)
+                bar.update(1)
         state = next_state
     bar.close()
     minted = [r for r in results if r is not None]
@@ -131,6 +129,19 @@ def mint_ids(
     stats.suffixed = sum(r.suffixed for r in minted)
     _fill_length_stats(stats, minted)
     return minted, stats
+
+
+def _next_setting(config: MintConfig, penalty: float, min_length: int, length_step: int,
+                  rounds: int) -> tuple[float, int, int] | None:
+    """The (penalty, min length, length step) of an item's next generator round, or None when
+    its rounds are spent: a higher diversity penalty first, then a longer minimum length."""
+    if config.max_rounds is not None and rounds >= config.max_rounds:
+        return None
+    if penalty + config.penalty_step <= config.penalty_max:
+        return penalty + config.penalty_step, min_length, length_step
+    if length_step + 1 < config.length_steps:
+        return config.penalty_start, min_length + config.min_length_step, length_step + 1
+    return None
 
 
 def _decoded_in_order(
@@ -160,7 +171,8 @@ def item_word_constraint(tokenizer, text: str) -> WordConstraint:
 
 def item_word_constraints(tokenizer, texts: Sequence[str]) -> list[WordConstraint]:
     """`item_word_constraint` of each text, all words tokenised in one batched call."""
-    words = [[w for w in dict.fromkeys(normalize_textual_id(text).split(" ")) if w] for text in texts]
+    words = [[w for w in dict.fromkeys(normalize_textual_id(text).split(" ")) if w and len(w) <= MAX_ID_WORD_CHARS]
+             for text in texts]
     encoded = iter(encode_texts(tokenizer, [w for item in words for w in item]))
     return [WordConstraint([next(encoded) for _ in item]) for item in words]
 
@@ -183,17 +195,14 @@ def _without_repeats(text: str) -> str:
 
 
 def _text_words(text: str) -> str:
-    words = _without_repeats(text).split(" ")
+    """The suffix fallback's base when no candidate was valid: the item's first words, none over
+    MAX_ID_WORD_CHARS (suffixed_id fits them, with the number, to the other caps)."""
+    words = [w for w in _without_repeats(text).split(" ") if w and len(w) <= MAX_ID_WORD_CHARS]
     return " ".join(words[:4]) or "item"
 
 
 def _suffixed(tokenizer, base: str, claim: Callable[[str], bool], config: MintConfig) -> MintedId:
-    base = (canonical_id(tokenizer, base) or ("item", []))[0]
-    for n in range(2, config.max_suffix):
-        canonical = canonical_id(tokenizer, f"{base} {n}")
-        if canonical is not None and claim(canonical[0]):
-            return MintedId(canonical[0], canonical[1], config.penalty_max, -1, suffixed=True)
-    raise IdExhaustedError(f"no free ID with a numeric suffix for {base!r}")
+    return suffixed_id(tokenizer, base, claim, max_suffix=config.max_suffix, penalty=config.penalty_max)
 
 
 def _fill_length_stats(stats: MintStats, minted: Sequence[MintedId]) -> None:

@@ -1,11 +1,11 @@
-"""/v1/items: minting a textual ID for a new item (idempotent per item_id, behind the write
-token) and reading an item's record."""
+"""/v1/items: minting a textual ID for a new item (idempotent per item_id, behind a write
+token) and reading an item's record (open, or behind a read token)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from ..dependencies import get_state, require_json, require_write_token
+from ..dependencies import get_state, read_access, request_deadline, require_json, write_access
 from ..openapi import error_responses
 from ..schemas import ItemCreated, ItemCreateRequest, ItemRecordResponse
 from ..state import ServiceState
@@ -18,12 +18,13 @@ router = APIRouter(tags=["items"])
     response_model=ItemCreated,
     status_code=201,
     responses={200: {"model": ItemCreated, "description": "the item existed: its ID"},
-               **error_responses(400, 401, 413, 415, 422, 503)},
+               **error_responses(400, 401, 403, 413, 415, 422, 429, 503)},
     summary="Mint a unique textual ID for a new item (idempotent per item_id)",
-    dependencies=[Depends(require_write_token), Depends(require_json)],
+    dependencies=[Depends(write_access), Depends(require_json)],
 )
-async def create_item(body: ItemCreateRequest, response: Response, svc: ServiceState = Depends(get_state)):
-    textual_id, created = await svc.create_item(body)
+async def create_item(body: ItemCreateRequest, request: Request, response: Response,
+                      svc: ServiceState = Depends(get_state)):
+    textual_id, created = await svc.create_item(body, deadline=request_deadline(request))
     if not created:
         response.status_code = 200
     return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created,
@@ -33,8 +34,9 @@ async def create_item(body: ItemCreateRequest, response: Response, svc: ServiceS
 @router.get(
     "/v1/items/{item_id:path}",
     response_model=ItemRecordResponse,
-    responses=error_responses(404, 503),
+    responses=error_responses(401, 403, 404, 429, 503),
     summary="An item's textual ID and metadata",
+    dependencies=[Depends(read_access)],
 )
 async def get_item(item_id: str, svc: ServiceState = Depends(get_state)):
     return await svc.get_item(item_id)

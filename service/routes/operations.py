@@ -1,11 +1,12 @@
 """What operators and orchestrators poll: liveness, readiness and Prometheus metrics. These
-answer whether or not the service is ready, so they take the state as it is."""
+answer whether or not the service is ready, so they take the state as it is. /metrics is open,
+behind a read token, or off (GENREC_METRICS_ACCESS)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from ..dependencies import service_state
+from ..dependencies import guarded, service_state
 from ..errors import ApiError
 from ..openapi import error_responses
 from ..schemas import Health, Readiness
@@ -39,7 +40,8 @@ async def readyz(svc: ServiceState = Depends(service_state)):
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                     "description": "Prometheus text exposition format"}, **error_responses()},
+                     "description": "Prometheus text exposition format"}, **error_responses(401, 404, 429)},
+    dependencies=[Depends(guarded("metrics"))],
 )
 async def metrics(svc: ServiceState = Depends(service_state)):
     body, content_type = svc.metrics.render()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
-from ..dependencies import get_state, require_json
+from ..access import charge, recommendation_cost
+from ..dependencies import client_gone, get_state, read_access, request_deadline, require_json
 from ..openapi import error_responses
 from ..schemas import RecommendationRequest, RecommendationResponse
+from ..settings import ApiKey
 from ..state import ServiceState
 
 router = APIRouter(tags=["recommendations"])
@@ -15,9 +17,13 @@ router = APIRouter(tags=["recommendations"])
 @router.post(
     "/v1/recommendations",
     response_model=RecommendationResponse,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     summary="Top-k next items for a history",
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(read_access), Depends(require_json)],  # the token first; `key` below reuses its answer
 )
-async def recommendations(body: RecommendationRequest, svc: ServiceState = Depends(get_state)):
-    return await svc.recommend(body)
+async def recommendations(body: RecommendationRequest, request: Request, svc: ServiceState = Depends(get_state),
+                          key: ApiKey | None = Depends(read_access)):
+    # read_access counted one unit; a larger k costs more beams, and more of the quota.
+    await charge(request, svc, "read", key, recommendation_cost(body.k) - 1)
+    async with client_gone(request) as gone:
+        return await svc.recommend(body, deadline=request_deadline(request), gone=gone)

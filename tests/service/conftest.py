@@ -135,6 +135,7 @@ def make_settings(bundle_path, redis_url, catalog_name, tmp_path):
             redis_url=redis_url,
             catalog=catalog_name,
             api_token=None,
+            allow_anonymous_writes=True,  # the tests that need tokens set them
             data_dir=tmp_path / "redis-data",
             max_history=20,
             max_k=100,

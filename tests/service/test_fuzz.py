@@ -32,7 +32,7 @@ from service.registry import namespace
 
 from .conftest import N_ITEMS
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-token-16-chars"
 EXAMPLES = 50  # per operation and mode
 CHECKS = [
     not_a_server_error,

@@ -39,6 +39,7 @@ def cli_env(redis_url: str, catalog: str, **extra: str) -> dict[str, str]:
         GENREC_CATALOG=catalog,
         GENREC_TORCH_THREADS="1",
         GENREC_REDIS_STARTUP_TIMEOUT_S="5",
+        GENREC_ALLOW_ANONYMOUS_WRITES="true",
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
         **extra,

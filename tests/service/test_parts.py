@@ -30,7 +30,7 @@ def test_settings_from_environment(monkeypatch, bundle_path):
     env = {
         "GENREC_BUNDLE": str(bundle_path),
         "REDIS_URL": "redis://cache:6379/2",
-        "API_TOKEN": "s3cr3t-value",
+        "API_TOKEN": "s3cr3t-value-16chars",
         "GENREC_CATALOG": "ml-100k",
         "GENREC_MAX_HISTORY": "50",
         "GENREC_MAX_K": "20",
@@ -45,14 +45,15 @@ def test_settings_from_environment(monkeypatch, bundle_path):
     settings = Settings()
     assert settings.bundle == bundle_path
     assert settings.redis_url == "redis://cache:6379/2"
-    assert settings.api_token.get_secret_value() == "s3cr3t-value" and settings.write_protected()
+    assert settings.api_token.get_secret_value() == "s3cr3t-value-16chars" and settings.write_protected()
     assert (settings.catalog, settings.max_history, settings.max_k) == ("ml-100k", 50, 20)
     assert (settings.max_body_bytes, settings.max_batch_size, settings.max_wait_ms) == (4096, 8, 3.5)
     assert (settings.torch_threads, settings.num_beams) == (2, 12)
-    assert "s3cr3t-value" not in repr(settings)  # the token never shows in logs
+    assert "s3cr3t-value-16chars" not in repr(settings)  # the token never shows in logs
 
     monkeypatch.setenv("REDIS_URL", "")
     monkeypatch.setenv("API_TOKEN", "")
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")
     settings = Settings()
     assert settings.redis_url is None and not settings.write_protected()
 
@@ -71,6 +72,7 @@ def test_settings_from_environment(monkeypatch, bundle_path):
 )
 def test_settings_refuse_bad_values(monkeypatch, bundle_path, key, value):
     monkeypatch.setenv("GENREC_BUNDLE", str(bundle_path))
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")  # so only the bad value can fail
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
         Settings()
@@ -87,6 +89,7 @@ def test_settings_need_a_bundle(monkeypatch):
 
 def test_cli_bad_bundle_exits_2_with_one_line(tmp_path, bundle_path, capsys, monkeypatch):
     monkeypatch.delenv("GENREC_BUNDLE", raising=False)
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")
     assert cli.main(["--bundle", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("genrec-serve: ") and "bundle folder not found" in err and "\n" not in err
@@ -116,6 +119,7 @@ def test_cli_starts_uvicorn(monkeypatch, bundle_path):
     calls = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     monkeypatch.setenv("GENREC_MAX_K", "7")
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")
     assert cli.main(["--bundle", str(bundle_path), "--host", "0.0.0.0", "--port", "9123"]) == 0
     assert (calls["host"], calls["port"]) == ("0.0.0.0", 9123)
     state = calls["app"].state.service

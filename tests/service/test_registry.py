@@ -165,16 +165,16 @@ async def test_failed_commit_leaves_nothing_half_written(make_settings, redis_ur
 
 
 async def test_api_token_guards_writes_only(make_settings):
-    async with serve(make_settings(api_token="s3cret-token")) as (_app, client):
+    async with serve(make_settings(api_token="s3cret-token-16ch")) as (_app, client):
         body = {"item_id": "guarded", "metadata": {"title": "toy"}}
         missing = await client.post("/v1/items", json=body)
         assert_error(missing, 401, "unauthorized")
         assert missing.headers["www-authenticate"] == "Bearer"
         assert_error(await client.post("/v1/items", json=body, headers={"Authorization": "Bearer nope"}), 401)
-        assert_error(await client.post("/v1/items", json=body, headers={"Authorization": "s3cret-token"}), 401)
+        assert_error(await client.post("/v1/items", json=body, headers={"Authorization": "s3cret-token-16ch"}), 401)
         # Checked before the body: an anonymous caller learns nothing about validation.
         assert_error(await client.post("/v1/items", json={"item_id": ""}), 401)
-        ok = await client.post("/v1/items", json=body, headers={"Authorization": "Bearer s3cret-token"})
+        ok = await client.post("/v1/items", json=body, headers={"Authorization": "Bearer s3cret-token-16ch"})
         assert ok.status_code == 201
         assert (await client.get("/v1/items/guarded")).status_code == 200
         assert (await client.post("/v1/recommendations", json={"history": ["m1"], "k": 1})).status_code == 200
