@@ -54,7 +54,7 @@ def cyclic_dataset(users: int = 60, seed: int = 0, shift_targets: int = 0) -> Da
 def valid_ndcg(method, split: SplitData, users: int | None = None) -> float:
     chosen = split.users[:users] if users else split.users
     hist = [split.history(u, "valid", 10**9) for u in chosen]
-    recs = method.recommend([Query(history=h, exclude=h, user_id=u) for u, h in zip(chosen, hist)], 10, None)
+    recs = method.recommend([Query(history=h, exclude=h, user_id=u) for u, h in zip(chosen, hist, strict=True)], 10, None)
     return leave_one_out_metrics([[r.item_id for r in row] for row in recs], [split.valid[u] for u in chosen])["ndcg@10"]
 
 
@@ -190,6 +190,18 @@ def test_two_ranks_train_one_model_and_stop_at_the_same_epoch(tmp_path):
         assert first["history"][key] == second["history"][key]
     assert len(first["history"]["loss"]) < 30  # patience stopped both ranks, at the same epoch
     assert first["valid"] > 0.8
+
+
+def test_the_sasrec_presets_are_sasrec_configs_that_survive_a_bundle_round_trip():
+    from genrec.config import config_from_dict
+    from training.presets import PRESETS, preset
+
+    for name in ("sasrec-tiny", "sasrec-ml100k"):
+        assert name in PRESETS
+        config = preset(name)
+        assert config.kind == "sasrec" and config.name == name and isinstance(config.sasrec, SasRecConfig)
+        again = config_from_dict(config.to_dict())
+        assert again.sasrec == config.sasrec and again.data == config.data
 
 
 if __name__ == "__main__":
