@@ -114,6 +114,9 @@ def _cllm4rec_ml100k() -> TrainConfig:
 
 
 def _sasrec_tiny() -> TrainConfig:
+    # A one-block SASRec for quick end-to-end runs (about 20 s): validation on 300 users. Its
+    # short training favours the latest window (valid NDCG@10 on all users, 10 epochs: latest
+    # 0.0959, random 0.0855); 20 epochs -> 0.1001.
     return TrainConfig(
         name="sasrec-tiny",
         kind="sasrec",
@@ -122,12 +125,13 @@ def _sasrec_tiny() -> TrainConfig:
         eval=EvalConfig(batch_size=256),
         method=SasRecSections(
             sasrec=SasRecConfig(hidden_size=32, num_layers=1, num_heads=1, inner_size=64, dropout=0.2, max_len=50,
-                                lr=3e-3, batch_size=64, epochs=10, patience=5, valid_users=300)
+                                lr=3e-3, batch_size=64, epochs=20, patience=5, crop="latest", valid_users=300)
         ),
     )
 
 
 def _sasrec_ml100k() -> TrainConfig:
+    # Tuned on ML-100K by validation NDCG@10 (the measurements: SasRecConfig's docstring).
     return TrainConfig(
         name="sasrec-ml100k",
         kind="sasrec",
@@ -135,8 +139,9 @@ def _sasrec_ml100k() -> TrainConfig:
         tokenizer=TokenizerConfig(vocab_size=5000),
         eval=EvalConfig(batch_size=256),
         method=SasRecSections(
-            sasrec=SasRecConfig(hidden_size=64, num_layers=2, num_heads=2, inner_size=256, dropout=0.2, max_len=200,
-                                lr=1e-3, batch_size=128, epochs=200, patience=20, valid_users=None)
+            sasrec=SasRecConfig(hidden_size=64, num_layers=2, num_heads=2, inner_size=256, dropout=0.2,
+                                attn_dropout=0.0, max_len=50, lr=1e-3, batch_size=128, epochs=200, patience=20,
+                                crop="random", bucket=False, valid_users=None)
         ),
     )
 

@@ -188,5 +188,17 @@ def test_two_ranks_train_one_model_and_stop_at_the_same_epoch(tmp_path):
     assert first["valid"] > 0.8
 
 
+def test_the_sasrec_presets_are_sasrec_configs_that_survive_a_bundle_round_trip():
+    from genrec.config import config_from_dict
+    from training.presets import PRESETS, preset
+
+    for name in ("sasrec-tiny", "sasrec-ml100k"):
+        assert name in PRESETS
+        config = preset(name)
+        assert config.kind == "sasrec" and config.name == name and isinstance(config.sasrec, SasRecConfig)
+        again = config_from_dict(config.to_dict())
+        assert again.sasrec == config.sasrec and again.data == config.data
+
+
 if __name__ == "__main__":
     ddp_worker(Path(sys.argv[1]))
