@@ -157,7 +157,9 @@ async def test_a_mint_slower_than_the_claim_ttl_commits_unless_the_id_was_taken_
         assert kept.status_code == 201, kept.text
         assert seen[0][0] == kept.json()["textual_id"] and 0 < seen[0][1] <= ttl_s * 1000
         steal["on"] = True
-        refused = await client.post("/v1/items", json={"item_id": "slow-2", "metadata": TITLE})
+        # Other metadata: a repeat of slow-1's would skip the method (straight to a suffix).
+        other = {"title": "another tale of the sea"}
+        refused = await client.post("/v1/items", json={"item_id": "slow-2", "metadata": other})
         assert_error(refused, 503, "store_unavailable")
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
         assert r.pttl(tid_key(catalog_name, kept.json()["textual_id"])) == -1  # committed: no expiry

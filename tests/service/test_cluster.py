@@ -186,6 +186,7 @@ async def readiness_log(client, log: list[tuple[float, int]], stop: asyncio.Even
 def test_cluster_settings_are_validated_at_start(bundle_path, monkeypatch, env, message):
     for name in ("REDIS_URL", "GENREC_REDIS_URL", "REDIS_CLUSTER", "GENREC_REDIS_CLUSTER"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")  # only the Redis settings are wrong
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
@@ -198,6 +199,7 @@ def test_cluster_url_lists_seed_nodes(bundle_path, monkeypatch):
     assert first_node_url(url) == "rediss://user:pa%3Ass@node-a:7000/0?ssl_cert_reqs=none"
     monkeypatch.setenv("REDIS_CLUSTER", "yes")
     monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("GENREC_ALLOW_ANONYMOUS_WRITES", "true")
     settings = Settings(bundle=bundle_path)
     assert settings.redis_cluster and settings.redis_url == url
 
