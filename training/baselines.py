@@ -3,6 +3,9 @@ a method (`recommend(queries, k, trie)`):
 
 - **popularity**: items by interaction count in the training data visible at that time (the
   valid items count too when ranking for test); new items have no count.
+- **transitions**: a first-order Markov chain: items by how often they followed the user's
+  latest item in the training data visible at that time (ties by popularity). ml-100k's
+  leave-one-out targets have a strong short-range order, which this captures with no model.
 - **content**: TF-IDF over the items' text, a user scored by the cosine similarity of each item
   to the user's recent items. It is the fair thing to beat on new items, where popularity and
   ID-based models have nothing: a new item's text is known the moment it is posted.
@@ -67,6 +70,37 @@ class Popularity:
     def recommend(self, queries: Sequence[Query], k: int, trie=None, cache=None) -> list[list[Recommendation]]:
         return [[Recommendation(i, float(self.counts[i])) for i in top_unseen(self.ranked, q.exclude, k)]
                 for q in queries]
+
+
+class Transitions:
+    """Next-item counts after the query's latest item, popularity breaking ties."""
+
+    label = "transitions"
+
+    def __init__(self, sequences, counts: Counter[str]):
+        self.following: dict[str, Counter[str]] = {}
+        for sequence in sequences:
+            for before, after in zip(sequence, sequence[1:], strict=False):
+                self.following.setdefault(before, Counter())[after] += 1
+        self.popular = Popularity(counts)
+
+    def recommend(self, queries: Sequence[Query], k: int, trie=None, cache=None) -> list[list[Recommendation]]:
+        out = []
+        for q in queries:
+            banned = set(q.exclude)
+            after = self.following.get(q.history[-1], Counter()) if q.history else Counter()
+            ranked = sorted((i for i in after if i not in banned), key=lambda i: (-after[i], -self.popular.counts[i], i))
+            row = [Recommendation(i, float(after[i])) for i in ranked[:k]]
+            if len(row) < k:
+                taken = banned | set(ranked)
+                row += [Recommendation(i, 0.0) for i in top_unseen(self.popular.ranked, taken, k - len(row))]
+            out.append(row)
+        return out
+
+
+def visible_sequences(split: SplitData, which: str) -> list[list[str]]:
+    """Each user's training part, and for test its valid item after it."""
+    return [seq + [split.valid[u]] if which == "test" and u in split.valid else seq for u, seq in split.train.items()]
 
 
 class ContentTfIdf:

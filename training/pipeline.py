@@ -26,7 +26,7 @@ from genrec.errors import ConfigError
 from genrec.method import Method
 from genrec.trie import TextualIdTrie
 
-from .baselines import ContentTfIdf, Popularity, visible_counts
+from .baselines import ContentTfIdf, Popularity, Transitions, visible_counts, visible_sequences
 from .cold import cold_users, cold_view, receive_new_items
 from .data import Dataset, SplitData, load_dataset
 from .evaluation import evaluate_all, evaluate_method, evaluate_users, evaluation_users, means
@@ -161,11 +161,13 @@ def evaluate(trainer: Trainer, method: Method, items: list, eos_token_id: int, c
 
 
 def baselines(dataset: Dataset, train_split: SplitData) -> dict:
-    """Baseline name -> (split -> ranker): popularity counts what training saw; the content
-    baseline reads every item's text (a new item's text arrives with it)."""
+    """Baseline name -> (split -> ranker): popularity and transitions count what training saw;
+    the content baseline reads every item's text (a new item's text arrives with it)."""
     content = ContentTfIdf(dataset.item_text)
     return {
         "popularity": lambda which: Popularity(visible_counts(train_split, which)),
+        "transitions": lambda which: Transitions(visible_sequences(train_split, which),
+                                                 visible_counts(train_split, which)),
         "content": lambda which: content,
     }
 

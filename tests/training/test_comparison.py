@@ -2,6 +2,7 @@
 new-item (cold) split, and `genrec-train compare` end to end on small presets."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from genrec.bundle import items_trie, load_bundle, load_method
 from genrec.errors import ConfigError
 from genrec.method import Query
 from training import pipeline
-from training.baselines import ContentTfIdf, Popularity, visible_counts
+from training.baselines import ContentTfIdf, Popularity, Transitions, visible_counts
 from training.bootstrap import bootstrap_mean, paired_bootstrap
 from training.cli import main as cli_main
 from training.cold import cold_users, cold_view, receive_new_items, withheld_items
@@ -66,6 +67,15 @@ def test_popularity_and_content_baselines():
     assert scores[content.index["c"]] == pytest.approx(0.0, abs=1e-9) or scores[content.index["c"]] < scores[content.index["b"]]
 
 
+def test_transitions_follow_the_latest_item_then_popularity():
+    ranker = Transitions([["a", "b", "c"], ["a", "b"], ["a", "c"], ["d", "a"]], Counter("abcabacda"))
+    (row,) = ranker.recommend([Query(history=["d", "a"], exclude=["d", "a"])], 3)
+    assert [r.item_id for r in row] == ["b", "c"][:2] + [r.item_id for r in row][2:]  # b (2x) before c (1x)
+    assert row[0].score == 2.0 and len(row) == 2  # only b and c are left unseen
+    (row,) = ranker.recommend([Query(history=["c"], exclude=["c"])], 2)  # nothing follows c: popularity
+    assert [r.item_id for r in row] == ["a", "b"]
+
+
 # --------------------------------------------------------------------------- the new-item split
 
 
@@ -114,7 +124,7 @@ def test_a_cold_run_never_sees_the_new_items_and_mints_them_all(data_dir, tmp_pa
     new = result["new_items"]
     assert new["withheld"] == len(withheld) == new["minted"]
     assert new["users"] == len(cold_users(dataset.split, "test", sorted(withheld))) > 0
-    assert set(new["baselines"]) == {"popularity", "content"}
+    assert set(new["baselines"]) == {"popularity", "transitions", "content"}
     # Every new item is minted by the trained generator, unique, and decodable from the trie.
     method = load_method(bundle)
     minted = receive_new_items(method, dataset, bundle.items, sorted(withheld), bundle.tokenizer.eos_token_id)
@@ -154,8 +164,8 @@ def test_compare_end_to_end_on_small_presets(data_dir, tmp_path, capsys):
     summary = json.loads((out / "compare.json").read_text())
     assert (out / "compare.png").is_file() and "Strongest baseline" in (out / "compare.md").read_text()
     names = [r["name"] for r in summary["all_users"]["rows"]]
-    assert names == ["IDGenRec (tiny)", "CLLM4Rec (cllm4rec-tiny)", "popularity", "content"]
-    assert summary["all_users"]["best_baseline"] in {"CLLM4Rec (cllm4rec-tiny)", "popularity", "content"}
+    assert names == ["IDGenRec (tiny)", "CLLM4Rec (cllm4rec-tiny)", "popularity", "transitions", "content"]
+    assert summary["all_users"]["best_baseline"] in {"CLLM4Rec (cllm4rec-tiny)", "popularity", "transitions", "content"}
     for section in ("all_users", "new_items"):
         for row in summary[section]["rows"]:
             assert set(row["test"]) == {"hr@5", "hr@10", "ndcg@5", "ndcg@10"}
