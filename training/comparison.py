@@ -3,7 +3,7 @@ bootstrap intervals, training time and recommend latency (docs/results.md shows 
 
 Entries are presets (trained into OUT/bundles/, reused when a bundle of the same config is
 already there) or bundle folders. Every bundle must come from the same data settings (dataset,
-filtering, text, new-item share), so all rankers see the same users, items and targets. The
+filtering, new-item share), so all rankers see the same users, items and targets. The
 baselines are popularity, transitions, the content baseline (training.baselines) and every method whose kind
 is named a baseline (SASRec by default). The strongest baseline is the one with the best
 *validation* NDCG@10 (choosing on test would flatter it); each row's test NDCG@10 is compared
