@@ -17,8 +17,9 @@ import time
 import torch
 
 from genrec.beam_search import SearchProfile, constrained_beam_search, reference_generate_topk
-from genrec.bundle import load_bundle, load_method
+from genrec.bundle import load_bundle
 from genrec.idgenrec.recommender import IdGenRecRecommender
+from genrec.method import load_method
 from genrec.t5_decoding import BeamDecoder, start_tokens
 from genrec.tensors import pad_batch
 from genrec.trie import TextualIdTrie

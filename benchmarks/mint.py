@@ -8,9 +8,10 @@ from dataclasses import replace
 
 import torch
 
-from genrec.bundle import load_bundle, load_method
+from genrec.bundle import load_bundle
 from genrec.idgenrec.minting import MintConfig
 from genrec.item_text import metadata_values_text
+from genrec.method import load_method
 from training.id_generator import mint_catalog
 
 from .common import load_split, parser, plot_path, print_table, pyplot, setup, write_json

@@ -10,7 +10,7 @@ Layout (docs/design.md, "The bundle")::
                     save_pretrained; cllm4rec: cllm4rec/; sasrec: sasrec/)
     report.md, eval.json, *.png
 
-What is in the model folders is the method's business: `load_method` hands the bundle to the
+What is in the model folders is the method's business: `genrec.method.load_method` hands the bundle to the
 class the registry names for its kind.
 
 `write_bundle` builds the whole folder in a temporary sibling and swaps it into place, so a
@@ -30,18 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import TrainConfig, config_from_dict
 from .errors import BundleError, ConfigError
-from .registry import kinds, method_class
+from .registry import kinds
 from .tokenization import load_tokenizer
 from .trie import TextualIdTrie
-
-if TYPE_CHECKING:
-    from .method import Method, RuntimeOptions
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
@@ -472,8 +469,3 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
 def items_trie(items: list[BundleItem], eos_token_id: int) -> TextualIdTrie:
     """The prefix trie over the items' textual IDs (their token_ids end with EOS)."""
     return TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
-
-
-def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
-    """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""
-    return method_class(bundle.kind).load(bundle, bundle.train_config, options)

@@ -2,7 +2,8 @@
 
 A *method* (IDGenRec, CLLM4Rec, SASRec, ...) is the serving half of a bundle kind. The
 evaluator, the report and the service hold a `Method` and never ask which kind it is; the
-registry (`genrec.registry`) maps a bundle's kind to its class, once. How to add a method is
+registry (`genrec.registry`) maps a bundle's kind to its class, and `load_method` below is
+the one place that asks it. How to add a method is
 described in docs/design.md ("Adding a method").
 
 Every method:
@@ -20,13 +21,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-if TYPE_CHECKING:
-    from .bundle import Bundle
-    from .config import TrainConfig
-    from .textual_ids import MintedId
-    from .trie import TextualIdTrie
+from .bundle import Bundle
+from .config import TrainConfig
+from .registry import method_class
+from .textual_ids import MintedId
+from .trie import TextualIdTrie
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,8 @@ class Method(ABC):
     def is_recommendable(self, item_id: str) -> bool:
         """Whether `recommend` can return this item (every item, for methods that decode IDs)."""
         return True
+
+
+def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
+    """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""
+    return method_class(bundle.kind).load(bundle, bundle.train_config, options)

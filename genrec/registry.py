@@ -9,12 +9,8 @@ reading a config does not load every method's models and code. Adding a method: 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .method import Method
 
 METHODS: dict[str, str] = {
     "idgenrec": "genrec.idgenrec.method:IdGenRec",
@@ -27,7 +23,7 @@ def kinds() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
-def method_class(kind: str) -> type[Method]:
+def method_class(kind: str) -> type:
     """The class serving `kind`; ConfigError naming the known kinds if there is none."""
     try:
         module_name, _, class_name = METHODS[kind].partition(":")

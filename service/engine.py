@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from genrec.bundle import Bundle, load_method
+from genrec.bundle import Bundle
 from genrec.item_text import flatten_item_text, metadata_values_text
-from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions
+from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions, load_method
 from genrec.textual_ids import MintedId, suffixed_id
 
 from .catalog import Catalog

@@ -23,9 +23,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from genrec.bundle import MANIFEST_NAME, items_trie, load_bundle, load_method  # noqa: E402
+from genrec.bundle import MANIFEST_NAME, items_trie, load_bundle  # noqa: E402
 from genrec.config import TrainConfig, apply_override  # noqa: E402
 from genrec.errors import ConfigError  # noqa: E402
+from genrec.method import load_method  # noqa: E402
 
 from .bootstrap import bootstrap_mean, paired_bootstrap  # noqa: E402
 from .cold import cold_users, cold_view, receive_new_items  # noqa: E402

@@ -8,7 +8,6 @@ from genrec.bundle import (
     FORMAT_VERSION,
     BundleItem,
     load_bundle,
-    load_method,
     read_items,
     read_manifest,
     update_bundle_files,
@@ -19,6 +18,7 @@ from genrec.bundle import (
 from genrec.errors import BundleError
 from genrec.idgenrec.method import IdGenRec
 from genrec.idgenrec.prompts import prompt_corpus
+from genrec.method import load_method
 from genrec.modeling import ModelConfig, build_t5
 from genrec.tokenization import encode_textual_id
 from training.tokenizer_training import train_tokenizer

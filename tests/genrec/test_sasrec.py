@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-from genrec.bundle import load_bundle, load_method, write_bundle
+from genrec.bundle import load_bundle, write_bundle
 from genrec.config import TrainConfig, config_from_dict
 from genrec.errors import BundleError
-from genrec.method import NewItem, Query
+from genrec.method import NewItem, Query, load_method
 from genrec.registry import config_class, method_class
 from genrec.sasrec.config import SasRecConfig, SasRecSections
 from genrec.sasrec.method import SasRec

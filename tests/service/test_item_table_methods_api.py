@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from genrec.bundle import BundleItem, load_bundle, load_method, read_items, verify_bundle, write_bundle
+from genrec.bundle import BundleItem, load_bundle, read_items, verify_bundle, write_bundle
 from genrec.cllm4rec.method import Cllm4Rec
 from genrec.cllm4rec.model import (
     MODEL_DIR,
@@ -21,6 +21,7 @@ from genrec.cllm4rec.model import (
     load_cllm4rec,
 )
 from genrec.item_text import flatten_item_text
+from genrec.method import load_method
 from genrec.modeling import build_t5
 from genrec.sasrec.model import MODEL_DIR as SASREC_DIR
 from genrec.sasrec.model import SasRecModel

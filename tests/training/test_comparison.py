@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from genrec.bundle import items_trie, load_bundle, load_method
+from genrec.bundle import items_trie, load_bundle
 from genrec.errors import ConfigError
-from genrec.method import Query
+from genrec.method import Query, load_method
 from training import pipeline
 from training.baselines import ContentTfIdf, Popularity, Transitions, visible_counts
 from training.bootstrap import bootstrap_mean, paired_bootstrap
