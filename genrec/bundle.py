@@ -10,8 +10,8 @@ Layout (docs/design.md, "The bundle")::
                     save_pretrained; cllm4rec: cllm4rec/; sasrec: sasrec/)
     report.md, eval.json, *.png
 
-What is in the model folders is the method's business: `genrec.method.load_method` hands the bundle to the
-class the registry names for its kind.
+What is in the model folders is the method's business: `genrec.method.load_method` hands the
+bundle to the class the registry names for its kind.
 
 `write_bundle` builds the whole folder in a temporary sibling and swaps it into place, so a
 crash never leaves a half-written bundle at the target path. `verify_bundle` refuses a

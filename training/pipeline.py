@@ -16,14 +16,13 @@ import torch.distributed as dist
 from genrec.bundle import (
     items_trie,
     load_bundle,
-    load_method,
     update_bundle_files,
     update_manifest,
     write_bundle,
 )
 from genrec.config import TrainConfig
 from genrec.errors import ConfigError
-from genrec.method import Method
+from genrec.method import Method, load_method
 from genrec.trie import TextualIdTrie
 
 from .baselines import ContentTfIdf, Popularity, Transitions, visible_counts, visible_sequences
