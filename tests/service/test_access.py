@@ -23,10 +23,15 @@ pytestmark = pytest.mark.anyio
 TOKEN = "s3cret-token-value"
 SECRET_PATH = "/work/secret/path.py"
 # Every endpoint that writes, with a body it accepts.
-WRITE_ENDPOINTS = [("POST", "/v1/items", {"item_id": "w-1", "metadata": {"title": "fresh entry"}})]
+WRITE_ENDPOINTS = [
+    ("POST", "/v1/items", {"item_id": "w-1", "metadata": {"title": "fresh entry"}}),
+    ("POST", "/v1/events", {"events": [{"user_id": "u1", "item_id": "m1", "event_id": "e-1"}]}),
+]
 READ_ENDPOINTS = [
     ("POST", "/v1/recommendations", {"history": ["m1"], "k": 2}),
+    ("POST", "/v1/recommendations", {"user_id": "u1", "k": 2}),
     ("GET", "/v1/items/m1", None),
+    ("GET", "/v1/users/u1/events", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),
