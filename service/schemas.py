@@ -115,7 +115,8 @@ class RecommendationRequest(_Strict):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True}]},
+        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True},
+                                        {"user_id": "42", "k": 10}]},
     )
 
 
