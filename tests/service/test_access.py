@@ -260,3 +260,18 @@ async def test_validation_errors_do_not_echo_values_or_server_paths(client, body
         assert set(field) == {"field", "message", "type"}
     for leak in ("/etc/passwd", "/etc/shadow", "site-packages", "/work/", "pydantic.dev", ".py"):
         assert leak not in response.text, leak
+
+
+def test_the_quota_gate_knows_every_write_route():
+    """The gate picks a request's quota before routing: its list of write paths must be the
+    routes behind write_access, every one of them POSTed to."""
+    from fastapi.routing import APIRoute
+
+    from service.dependencies import write_access
+    from service.routes import ROUTERS
+
+    writes = {(method, route.path) for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+              and any(d.call is write_access for d in route.dependant.dependencies) for method in route.methods}
+    assert writes == {("POST", path) for path in access.WRITE_PATHS}
+    assert all(access.kind_of(method, path) == "write" for method, path in writes)
+    assert access.kind_of("GET", "/v1/users/u/events") == access.kind_of("POST", "/v1/recommendations") == "read"

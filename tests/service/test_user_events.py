@@ -363,3 +363,17 @@ async def test_the_openapi_document_shows_the_events_cap(client):
     events = schema["components"]["schemas"]["EventsRequest"]["properties"]["events"]
     assert events["maxItems"] == 40 and events["minItems"] == 1
     assert "/v1/users/{user_id}/events" in schema["paths"]
+
+
+async def test_a_batch_of_events_counts_one_write_against_the_write_quota(make_settings):
+    """Events are writes: a caller whose reads are spent may still send them; its second batch
+    in the window is refused, and after that the refusal comes before the body is read."""
+    async with serve(make_settings(rate_limit_read=1, rate_limit_write=1, rate_limit_window_s=60,
+                                   refusal_delay_s=0)) as (_app, client):
+        assert (await client.post("/v1/recommendations", json={"history": ["m1"], "k": 2})).status_code == 200
+        assert_error(await client.post("/v1/recommendations", json={"history": ["m1"], "k": 2}), 429)
+        assert (await post_events(client, *many(30)))["accepted"] == 30
+        error = assert_error(await client.post("/v1/events", json={"events": many(1)}), 429, "too_many_requests")
+        assert "write requests" in error["message"]
+        refused = await client.post("/v1/events", content=b"{broken", headers={"content-type": "application/json"})
+        assert_error(refused, 429, "too_many_requests")
