@@ -14,7 +14,7 @@ from .access import QuotaGate
 from .dependencies import read_access
 from .errors import install_error_handlers
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .openapi import mark_secured
+from .openapi import mark_secured, set_max_items
 from .routes import ROUTERS, docs
 from .settings import Settings
 from .state import ServiceState, lifespan
@@ -48,9 +48,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     for router in (*ROUTERS, docs.router):
         app.include_router(router)
+    _declare_limits(app, settings)
     if settings.require_read_token:
         _declare_read_token(app)
     return app
+
+
+def _declare_limits(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document shows the request limits the settings chose."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        return set_max_items(generate(), "EventsRequest", "events", settings.max_events_per_request)
+
+    app.openapi = openapi
 
 
 def _declare_read_token(app: FastAPI) -> None:

@@ -28,6 +28,14 @@ def error_responses(*statuses: int) -> dict:
     return {s: ERROR_RESPONSES[s] for s in (*statuses, 500)}
 
 
+def set_max_items(schema: dict, model: str, field: str, most: int) -> dict:
+    """Declares a list field's cap that a setting chooses at start (maxItems) in the OpenAPI
+    document, so the schema shows the limit the server enforces."""
+    schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {}).get(field, {})[
+        "maxItems"] = most
+    return schema
+
+
 def mark_secured(schema: dict, operations: set[tuple[str, str]]) -> dict:
     """Declares the bearer token on `operations` ((method, path) pairs) of an OpenAPI document:
     the reads, when GENREC_REQUIRE_READ_TOKEN makes them need one."""
