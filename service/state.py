@@ -54,6 +54,8 @@ from .settings import Settings
 
 log = logging.getLogger("service")
 
+MAX_LISTED_FIELDS = 50  # filter fields an unknown_filter_field error lists at most
+
 
 def bundle_digest(bundle: Bundle) -> str:
     """Short digest of every file of the bundle (from its manifest's checksums)."""
@@ -323,21 +325,43 @@ class ServiceState:
             raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
         if body.k > s.max_k:
             raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
-        missing = self.catalog.unknown(body.history)
-        asked = True
-        if missing:
-            missing, asked = await self._look_up_missing(missing)
-        if missing:
-            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
-            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
-                           {"item_ids": missing})
-        job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
+        await self._require_known(body.history)
+        await self._require_known(body.exclude_items, "exclude_items")
+        job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id,
+                           exclude_items=tuple(body.exclude_items), allowed=self._filtered(body.filter))
         rows = await self._queued(self.recommend_batcher.submit(job, deadline), deadline, gone)
         items = [
             RecommendedItem(item_id=r.item_id, textual_id=self.catalog.textual_id(r.item_id) or "", score=r.score)
             for r in rows
         ]
         return RecommendationResponse(items=items, model=self.model_info)
+
+    async def _require_known(self, item_ids: Sequence[str], field: str = "") -> None:
+        """422 unknown_items listing the ids (of the history, or of `field`) that neither this
+        replica nor Redis knows."""
+        missing = self.catalog.unknown(item_ids)
+        asked = True
+        if missing:
+            missing, asked = await self._look_up_missing(missing)
+        if missing:
+            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
+            where = f" in {field}" if field else ""
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s){where} are not in the catalog{unchecked}",
+                           {"item_ids": missing, **({"field": field} if field else {})})
+
+    def _filtered(self, query: dict[str, list[str]] | None) -> frozenset[str] | None:
+        """The items a request's filter lets through (None: no filter), from the catalog's filter
+        index; 422 unknown_filter_field when a field is one no item has."""
+        if query is None:
+            return None
+        unknown = self.catalog.unknown_filter_fields(query)
+        if unknown:
+            known = self.catalog.filter_fields
+            raise ApiError(422, "unknown_filter_field",
+                           f"no item has the filter field(s) {', '.join(map(repr, unknown))}; "
+                           f"the fields are: {', '.join(known[:MAX_LISTED_FIELDS])}",
+                           {"fields": unknown, "known_fields": known[:MAX_LISTED_FIELDS]})
+        return self.catalog.matching(query)
 
     async def _queued(self, submitted: Awaitable, deadline: float | None, gone: asyncio.Event | None = None):
         """The result of a batcher submit, or the API error that sheds it: 503 when the queue is
@@ -507,7 +531,7 @@ class ServiceState:
 
     def _learn(self, record: ItemRecord) -> None:
         try:
-            if self.catalog.add(record.item_id, record.textual_id, record.token_ids):
+            if self.catalog.add(record.item_id, record.textual_id, record.token_ids, record.metadata):
                 self._after_add(followed=False, count=False)
         except ValueError as exc:
             log.error("item %r cannot join the trie: %s", record.item_id, exc)
