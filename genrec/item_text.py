@@ -16,6 +16,41 @@ def _collapse(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+def field_label(field: str) -> str:
+    """The label a metadata field gets in the item text (ml-100k's movie_title -> title)."""
+    return _collapse(_FIELD_LABELS.get(field, field.replace("_", " ")))
+
+
+def flatten_metadata(metadata: Mapping) -> dict[str, str]:
+    """Posted metadata (strings, numbers, lists of strings) as string values."""
+    flat: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, list):
+            flat[key] = " ".join(str(v) for v in value)
+        elif isinstance(value, float) and value.is_integer():
+            flat[key] = str(int(value))
+        else:
+            flat[key] = str(value)
+    return flat
+
+
+def item_text_fields(text: str) -> dict[str, str]:
+    """The fields of a flattened item text, {label: value}: the inverse of `flatten_item_text`
+    for the bundle's items, whose metadata the bundle keeps only as this text. A "; " that is
+    not followed by "label: " stays inside the value; a value that itself holds "; word: "
+    reads as two fields, and a text truncated to max_chars loses its tail."""
+    fields: dict[str, str] = {}
+    label = None
+    for part in text.split("; "):
+        name, sep, value = part.partition(": ")
+        if sep and name.strip() and name == _collapse(name):
+            label = name
+            fields[label] = f"{fields[label]} {value}" if label in fields else value
+        elif label is not None:
+            fields[label] += f"; {part}"
+    return fields
+
+
 def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None) -> str:
     """All metadata as one readable line, e.g. 'title: Toy Story; year: 1995; genres: Animation'.
 
@@ -32,8 +67,7 @@ def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None)
         value = _collapse(str(metadata[field]))
         if not value:
             continue
-        label = _FIELD_LABELS.get(field, field.replace("_", " "))
-        parts.append(f"{_collapse(label)}: {value}")
+        parts.append(f"{field_label(field)}: {value}")
     text = "; ".join(parts)
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars].rstrip(" ;:")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from genrec.bundle import BundleItem
 from genrec.trie import TextualIdTrie
 
+from .filters import FilterIndex
 from .redis_clients import STORE_ERRORS
 from .registry import ItemRecord, MintedEvent, Registry
 
@@ -33,6 +34,7 @@ class Catalog:
         self._bundle_text: dict[str, str] = {i.item_id: i.text for i in items}
         self._records: dict[str, ItemRecord] = {}  # minted items whose whole record was seen
         self._entries: dict[str, str] = {}  # minted item -> id of its latest events stream entry
+        self._filters = FilterIndex.of_bundle(items)  # what request filters match, updated with the trie
         self._write_lock = threading.Lock()  # adds and the swap of a fold
         self._fold_lock = threading.Lock()  # one fold at a time
         self.folds = 0
@@ -89,16 +91,37 @@ class Catalog:
         """The ids (first occurrence order, no repeats) that the catalog does not hold."""
         return [i for i in dict.fromkeys(item_ids) if i not in self._textual]
 
-    def add(self, item_id: str, textual_id: str, token_ids: Sequence[int]) -> bool:
-        """Adds a minted item (idempotent); True when it was new. ValueError on a conflict."""
+    def add(self, item_id: str, textual_id: str, token_ids: Sequence[int], metadata: Mapping | None = None) -> bool:
+        """Adds a minted item (idempotent) to the trie and its posted metadata to the filter index
+        at once; True when it was new. ValueError on a conflict. An item first known without its
+        metadata (a stream entry that lacks it) is indexed when a later add brings it."""
         with self._write_lock:
             if item_id in self._textual:
                 if self._textual[item_id] != textual_id:
                     raise ValueError(f"item {item_id!r} already has the textual ID {self._textual[item_id]!r}")
+                if metadata:
+                    self._filters.add(item_id, metadata)
                 return False
             self._trie.add(item_id, token_ids)
             self._textual[item_id] = textual_id
+            if metadata:
+                self._filters.add(item_id, metadata)
             return True
+
+    @property
+    def filter_fields(self) -> list[str]:
+        """The metadata fields a filter may name (some item has them), sorted."""
+        with self._write_lock:
+            return self._filters.fields
+
+    def unknown_filter_fields(self, fields: Iterable[str]) -> list[str]:
+        with self._write_lock:
+            return self._filters.unknown_fields(fields)
+
+    def matching(self, query: Mapping[str, Sequence[str]]) -> frozenset[str]:
+        """Ids of the items that qualify for a request's filter (a new set: the caller owns it)."""
+        with self._write_lock:
+            return self._filters.matching(query)
 
     def fold(self) -> bool:
         """Rebuilds the trie with the overlay folded into its marisa base; safe while decodes
@@ -182,7 +205,7 @@ class EventFollower:
                 continue
             self.catalog.note_entry(event.item_id, event.entry_id)
             try:
-                if self.catalog.add(event.item_id, event.textual_id, event.token_ids):
+                if self.catalog.add(event.item_id, event.textual_id, event.token_ids, event.metadata):
                     added += 1
                     if self.on_added is not None:
                         self.on_added(event)
