@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from genrec.bundle import Bundle
-from genrec.item_text import flatten_item_text, metadata_values_text
+from genrec.item_text import flatten_item_text, flatten_metadata, metadata_values_text
 from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions, load_method
 from genrec.popular import PopularItems
 from genrec.textual_ids import MintedId, suffixed_id
@@ -180,19 +180,6 @@ class Engine:
 
     def trie_key(self, minted: MintedId) -> list[int]:
         return list(minted.token_ids) + [self.eos_token_id]
-
-
-def flatten_metadata(metadata: dict) -> dict[str, str]:
-    """Request metadata (strings, numbers, lists of strings) as string values."""
-    flat: dict[str, str] = {}
-    for key, value in metadata.items():
-        if isinstance(value, list):
-            flat[key] = " ".join(str(v) for v in value)
-        elif isinstance(value, float) and value.is_integer():
-            flat[key] = str(int(value))
-        else:
-            flat[key] = str(value)
-    return flat
 
 
 def texts_for(metadata: dict, max_chars: int | None) -> tuple[str, str]:

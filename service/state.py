@@ -48,6 +48,8 @@ from .schemas import (
     EventsRequest,
     ItemCreateRequest,
     ItemRecordResponse,
+    ItemSearchHit,
+    ItemSearchResponse,
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
@@ -582,7 +584,7 @@ class ServiceState:
 
     def _learn(self, record: ItemRecord) -> None:
         try:
-            if self.catalog.add(record.item_id, record.textual_id, record.token_ids):
+            if self.catalog.add(record.item_id, record.textual_id, record.token_ids, record.metadata):
                 self._after_add(followed=False, count=False)
         except ValueError as exc:
             log.error("item %r cannot join the trie: %s", record.item_id, exc)
@@ -611,6 +613,15 @@ class ServiceState:
         if record.source == "minted" and record.item_id in self.catalog:
             self.catalog.remember(record)
         return self._item_response(record)
+
+    def search_items(self, query: str, limit: int) -> ItemSearchResponse:
+        """Items whose titles match `query`, from memory (service/title_search.py)."""
+        hits = [
+            ItemSearchHit(item_id=item_id, textual_id=self.catalog.textual_id(item_id) or "", title=title,
+                          recommendable=self.engine.is_recommendable(item_id))
+            for item_id, title in self.catalog.search(query, limit)
+        ]
+        return ItemSearchResponse(items=hits)
 
     def _item_response(self, record: ItemRecord, partial: bool = False) -> ItemRecordResponse:
         return ItemRecordResponse(
