@@ -330,6 +330,29 @@ class UserEventsResponse(BaseModel):
     )
 
 
+SEARCH_MAX_LIMIT = 100  # most items one title search answers
+
+
+class ItemSearchHit(BaseModel):
+    item_id: str
+    textual_id: str
+    title: str = Field(description="the item's title field (title, movie_title or name), else its whole text")
+    recommendable: bool = Field(description="whether recommendations can return the item (see ItemCreated)")
+
+
+class ItemSearchResponse(BaseModel):
+    items: list[ItemSearchHit] = Field(description="the matching items in catalog order, at most `limit`")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [{"item_id": "50", "textual_id": "star wars", "title": "Star Wars (1977)",
+                            "recommendable": True}]}
+            ]
+        }
+    )
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
 

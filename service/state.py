@@ -48,6 +48,8 @@ from .schemas import (
     EventsRequest,
     ItemCreateRequest,
     ItemRecordResponse,
+    ItemSearchHit,
+    ItemSearchResponse,
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
@@ -631,6 +633,15 @@ class ServiceState:
         if record.source == "minted" and record.item_id in self.catalog:
             self.catalog.remember(record)
         return self._item_response(record)
+
+    def search_items(self, query: str, limit: int) -> ItemSearchResponse:
+        """Items whose titles match `query`, from memory (service/title_search.py)."""
+        hits = [
+            ItemSearchHit(item_id=item_id, textual_id=self.catalog.textual_id(item_id) or "", title=title,
+                          recommendable=self.engine.is_recommendable(item_id))
+            for item_id, title in self.catalog.search(query, limit)
+        ]
+        return ItemSearchResponse(items=hits)
 
     def _item_response(self, record: ItemRecord, partial: bool = False) -> ItemRecordResponse:
         return ItemRecordResponse(
