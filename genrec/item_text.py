@@ -36,7 +36,7 @@ def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None)
         parts.append(f"{_collapse(label)}: {value}")
     text = "; ".join(parts)
     if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars].rstrip(" ;:")
+        text = text[:max_chars].rstrip(" ;:") or text[:max_chars]  # never empty when there was text
     return text
 
 

@@ -107,7 +107,7 @@ async def test_scopes_decide_who_reads_and_who_writes(make_settings):
         assert (await client.post("/v1/items", json=ITEM, headers=bearer(BOTH))).status_code == 200
         schema = (await client.get("/openapi.json", headers=bearer(READER))).json()
         secured = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m, op in ops.items() if "security" in op}
-        assert secured == {"POST /v1/recommendations", "GET /v1/items/{item_id}", "POST /v1/items"}
+        assert secured == {"POST /v1/recommendations", "GET /v1/items/{item_id}", "POST /v1/items", "GET /metrics"}
 
 
 async def test_reads_stay_open_by_default_but_a_sent_token_must_be_valid(make_settings):
