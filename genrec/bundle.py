@@ -6,6 +6,8 @@ Layout (docs/design.md, "The bundle")::
                     files: {relative posix path: sha256} of every other file
     tokenizer/      Hugging Face tokenizer files
     items.jsonl     one item a line: item_id, textual_id, token_ids, text
+    popularity.json the training interactions per item, most first (bundles written before it
+                    have none: `Bundle.popularity` is None)
     <model folders> the method's own (idgenrec: recommender/ and id_generator/, T5
                     save_pretrained; cllm4rec: cllm4rec/; sasrec: sasrec/)
     report.md, eval.json, *.png
@@ -45,6 +47,7 @@ KNOWN_FORMAT_VERSIONS = (1,)
 
 MANIFEST_NAME = "manifest.json"
 ITEMS_NAME = "items.jsonl"
+POPULARITY_NAME = "popularity.json"
 TOKENIZER_DIR = "tokenizer"
 
 _CHUNK = 1 << 20  # 1 MiB
@@ -69,6 +72,8 @@ class Bundle:
     manifest: dict
     tokenizer: PreTrainedTokenizerBase
     items: list[BundleItem]
+    # (item_id, training interactions), most first; None for a bundle written before popularity lists
+    popularity: list[tuple[str, int]] | None = None
 
     @property
     def kind(self) -> str:
@@ -175,6 +180,17 @@ def _write_items(target: Path, items: list[BundleItem]) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def _write_popularity(target: Path, counts: Mapping[str, int], items: list[BundleItem]) -> None:
+    """`popularity.json`: {"items": [[item_id, count], ...]}, most interactions first (ties by
+    item id), items with none left out."""
+    known = {item.item_id for item in items}
+    rows = sorted(((str(i), int(c)) for i, c in counts.items() if c > 0), key=lambda row: (-row[1], row[0]))
+    strangers = [item_id for item_id, _ in rows if item_id not in known]
+    if strangers:
+        raise BundleError(f"popularity counts name {len(strangers)} item(s) not in the bundle, e.g. {strangers[0]!r}")
+    target.write_text(json.dumps({"items": rows}, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -191,12 +207,14 @@ def write_bundle(
     metrics: dict,
     extra_files: dict[str, Path] | None = None,
     extra_dirs: dict[str, Callable[[Path], None]] | None = None,
+    popularity: Mapping[str, int] | None = None,
 ) -> Path:
     """Write a complete bundle at out_dir, atomically replacing any bundle already there.
 
     models: folder name -> model (save_pretrained, safetensors); extra_dirs: folder name ->
     function that fills that (already created) folder; extra_files: name in the bundle ->
-    existing file to copy. Returns the bundle path.
+    existing file to copy; popularity: item id -> training interactions (popularity.json).
+    Returns the bundle path.
     """
     if kind not in kinds():
         raise BundleError(f"unknown bundle kind {kind!r}; known kinds: {', '.join(kinds())}")
@@ -205,7 +223,7 @@ def write_bundle(
     extra_files = dict(extra_files or {})
     extra_dirs = dict(extra_dirs or {})
 
-    reserved = {MANIFEST_NAME, ITEMS_NAME, TOKENIZER_DIR}
+    reserved = {MANIFEST_NAME, ITEMS_NAME, POPULARITY_NAME, TOKENIZER_DIR}
     dir_names: set[str] = set()
     for name in list(models) + list(extra_dirs):
         name = _check_relative(name, "folder name")
@@ -232,6 +250,8 @@ def write_bundle(
             folder.mkdir(parents=True, exist_ok=True)
             writer(folder)
         _write_items(tmp / ITEMS_NAME, list(items))
+        if popularity is not None:
+            _write_popularity(tmp / POPULARITY_NAME, popularity, list(items))
         for name, src in extra_files.items():
             dest = tmp / name
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -445,6 +465,34 @@ def read_items(path: Path) -> list[BundleItem]:
     return items
 
 
+def read_popularity(path: Path, manifest: dict, items: list[BundleItem]) -> list[tuple[str, int]] | None:
+    """The bundle's popularity list, as written (most interactions first); None when its manifest
+    lists none (a bundle written before popularity lists). A malformed file, or one naming an item
+    the bundle does not hold, is refused."""
+    if POPULARITY_NAME not in manifest.get("files", {}):
+        return None
+    ppath = Path(path) / POPULARITY_NAME
+    try:
+        data = json.loads(ppath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{POPULARITY_NAME} is not valid JSON: {exc}") from exc
+    rows = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(row, list) and len(row) == 2 and isinstance(row[0], str) and type(row[1]) is int and row[1] > 0
+        for row in rows
+    ):
+        raise BundleError(f'{POPULARITY_NAME}: expected {{"items": [[item_id, count > 0], ...]}}')
+    known = {item.item_id for item in items}
+    seen: set[str] = set()
+    for item_id, _ in rows:
+        if item_id not in known:
+            raise BundleError(f"{POPULARITY_NAME}: item {item_id!r} is not in {ITEMS_NAME}")
+        if item_id in seen:
+            raise BundleError(f"{POPULARITY_NAME}: item {item_id!r} is listed twice")
+        seen.add(item_id)
+    return [(item_id, count) for item_id, count in rows]
+
+
 def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
     """Load a bundle's manifest (verified unless verify=False), tokenizer and items; the models
     are the method's to load (`load_method`).
@@ -463,7 +511,8 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
                 f"{ITEMS_NAME}: item {item.item_id!r} has token ids outside the tokenizer's "
                 f"vocabulary of {vocab}"
             )
-    return Bundle(path=path, manifest=manifest, tokenizer=tokenizer, items=items)
+    return Bundle(path=path, manifest=manifest, tokenizer=tokenizer, items=items,
+                  popularity=read_popularity(path, manifest, items))
 
 
 def items_trie(items: list[BundleItem], eos_token_id: int) -> TextualIdTrie:

@@ -114,6 +114,11 @@ class Method(ABC):
         """Whether `recommend` can return this item (every item, for methods that decode IDs)."""
         return True
 
+    def history_length(self) -> int | None:
+        """How many of a history's latest items the method reads (the service keeps a small
+        multiple of it per user); None: no bound of its own."""
+        return None
+
 
 def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
     """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""

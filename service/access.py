@@ -66,11 +66,14 @@ def caller(request: Request, state: ServiceState) -> tuple[str | None, ApiKey | 
     return given, key
 
 
+WRITE_PATHS = frozenset({"/v1/items", "/v1/events"})  # POSTed to, they write (routes behind write_access)
+
+
 def kind_of(method: str, path: str) -> Kind | None:
     """Which quota a /v1 request counts against (None: not a /v1 request)."""
     if not path.startswith("/v1/"):
         return None
-    return "write" if method == "POST" and path == "/v1/items" else "read"
+    return "write" if method == "POST" and path in WRITE_PATHS else "read"
 
 
 def needs_token(state: ServiceState, kind: Kind) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from genrec.bundle import Bundle
 from genrec.item_text import flatten_item_text, metadata_values_text
 from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions, load_method
+from genrec.popular import PopularItems
 from genrec.textual_ids import MintedId, suffixed_id
 
 from .catalog import Catalog
@@ -92,6 +93,8 @@ class Engine:
         self.eos_token_id = bundle.tokenizer.eos_token_id
         self.max_text_chars = bundle.train_config.data.max_text_chars
         self.cache = RedisUserIdCache(registry) if registry is not None else None
+        # The answer for an empty history; None for a bundle written before popularity lists.
+        self.popular = PopularItems(bundle.popularity) if bundle.popularity is not None else None
 
     @property
     def new_items_recommendable(self) -> bool:
@@ -123,6 +126,11 @@ class Engine:
             for i, job, row in zip(indices, group, found, strict=True):
                 results[i] = row[: job.k]
         return results
+
+    def recommend_popular(self, job: RecommendJob) -> list[Recommendation]:
+        """The most popular items for a job with an empty history (no model runs: cheap enough for
+        the event loop); none for a bundle without a popularity list."""
+        return self.popular.recommend(job.query(), job.k) if self.popular is not None else []
 
     # ------------------------------------------------------------------ minting
 

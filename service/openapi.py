@@ -64,6 +64,7 @@ def setting_keywords(settings: Settings) -> dict[str, dict]:
     schemas.set_by takes); state.py enforces the same values."""
     return {
         "max_history": {"maxItems": settings.max_history},
+        "max_events_per_request": {"maxItems": settings.max_events_per_request},
         "max_k": {"maximum": settings.max_k},
         "max_metadata_fields": {"maxProperties": settings.max_metadata_fields},
         "max_metadata_value_chars": {"maxLength": settings.max_metadata_value_chars},

@@ -6,7 +6,7 @@ import math
 import operator
 import re
 from functools import reduce
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -75,6 +75,19 @@ ItemId = Annotated[
     Field(min_length=1, max_length=256, examples=["50"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
     AfterValidator(_no_control_characters),
 ]
+UserId = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=256, examples=["42"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
+    AfterValidator(_no_control_characters),
+]
+EventId = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=128, examples=["3f2a9c1d-0b4e-4c1d-9a1e-0f8b3c9a7d21"],
+          json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
+    AfterValidator(_no_control_characters),
+]
+# The last second a datetime can hold (9999-12-31T23:59:59Z): a timestamp any client can print.
+MAX_TIMESTAMP = 253_402_300_799
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
 # Every string of the metadata, a list's included: GENREC_MAX_METADATA_VALUE_CHARS characters at most
 # (state.py checks it; the schema here keeps the static caps) and no word over
@@ -133,16 +146,19 @@ class _Strict(BaseModel):
 
 
 class RecommendationRequest(_Strict):
-    history: list[ItemId] = Field(
-        ...,
-        min_length=1,
+    history: list[ItemId] | None = Field(
+        None,
         description="item ids the user interacted with, oldest first (GENREC_MAX_HISTORY at most). "
         "Repeats are kept as sent (a repeated interaction is part of the history the model reads); "
-        "unknown ids are listed once each, and exclude_history excludes each id once.",
+        "unknown ids are listed once each, and exclude_history excludes each id once. Absent: the "
+        "user_id's stored events (POST /v1/events), their latest GENREC_MAX_HISTORY; a history given "
+        "here wins over the stored one. Empty (or absent with no stored events): the most popular items.",
         json_schema_extra=set_by("max_history"),
     )
-    user_id: Annotated[StrictStr, Field(max_length=256)] | None = Field(
-        None, description="accepted; used once a bundle is trained with textual user IDs"
+    user_id: UserId | None = Field(
+        None,
+        description="the user: without a history, their stored events are the history; also passed to "
+        "the method (bundles with a user vocabulary use it)",
     )
     k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)",
                          json_schema_extra=set_by("max_k"))
@@ -151,14 +167,18 @@ class RecommendationRequest(_Strict):
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True}]},
+        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True},
+                                        {"user_id": "42", "k": 10}]},
     )
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     textual_id: str = Field(description="the item's textual ID (what the model generated)")
-    score: float = Field(description="log-probability of the textual ID under the recommender")
+    score: float = Field(
+        description='strategy "model": the method\'s score, higher is better (IDGenRec: the log-probability '
+        'of the textual ID); "popular": the item\'s share of the training interactions, in (0, 1]'
+    )
 
 
 class ModelInfo(BaseModel):
@@ -171,6 +191,10 @@ class ModelInfo(BaseModel):
 class RecommendationResponse(BaseModel):
     items: list[RecommendedItem]
     model: ModelInfo
+    strategy: Literal["model", "popular"] = Field(
+        description='"model": the bundle\'s method read the history; "popular": the history was empty, so '
+        "the answer is the bundle's most popular items (by training interactions)"
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -182,6 +206,7 @@ class RecommendationResponse(BaseModel):
                     ],
                     "model": {"kind": "idgenrec", "bundle": "ml-100k-3f2a9c1d0b4e", "dataset": "ml-100k",
                               "created_at": "2025-01-01T00:00:00+00:00"},
+                    "strategy": "model",
                 }
             ]
         }
@@ -255,6 +280,64 @@ class ItemRecordResponse(BaseModel):
                     "created_at": "2026-01-01T12:00:00.000+00:00",
                 }
             ]
+        }
+    )
+
+
+class Event(_Strict):
+    user_id: UserId
+    item_id: ItemId
+    timestamp: Annotated[float, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)] | None = Field(
+        None, description="when it happened, unix seconds (fractions kept); absent: when it is received "
+        "(the Redis server's clock, one clock for every replica)", examples=[1732350000.5]
+    )
+    event_id: EventId | None = Field(
+        None, description="the client's id of the event: a repeat of it for the same user (within "
+        "GENREC_EVENT_ID_TTL_S) is not stored again, so a batch can be retried safely"
+    )
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(
+        ..., min_length=1, description="interactions, in any order (each user's are kept in timestamp order); "
+        "GENREC_MAX_EVENTS_PER_REQUEST at most", json_schema_extra=set_by("max_events_per_request"),
+    )
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"events": [{"user_id": "42", "item_id": "1", "timestamp": 1732350000, "event_id": "e-1"},
+                            {"user_id": "42", "item_id": "50", "event_id": "e-2"}]}
+            ]
+        },
+    )
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events stored")
+    duplicates: int = Field(description="events not stored: their event_id was seen before for their user")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"accepted": 2, "duplicates": 0}]})
+
+
+class StoredEvent(BaseModel):
+    item_id: str
+    timestamp: float = Field(description="unix seconds")
+
+
+class UserEventsResponse(BaseModel):
+    user_id: str
+    events: list[StoredEvent] = Field(
+        description="the user's stored events, oldest first (empty for a user with none): the latest "
+        "GENREC_MAX_HISTORY of them are the history of a recommendation by user_id"
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"user_id": "42", "events": [{"item_id": "1", "timestamp": 1732350000.0},
+                                                      {"item_id": "50", "timestamp": 1732350061.25}]}]
         }
     )
 

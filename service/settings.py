@@ -159,6 +159,24 @@ class Settings(BaseSettings):
     max_metadata_word_chars: int = Field(64, ge=8, le=1_000_000, description="longest word of a metadata value")
     num_beams: int | None = Field(None, ge=1, le=1000, description="beam width (default: the bundle's eval.num_beams)")
 
+    # Users' events (POST /v1/events; docs/api.md, "Users and events").
+    max_events_per_request: int = Field(
+        500, ge=1, le=100_000, description="most events one POST /v1/events may carry (the body must also fit "
+        "GENREC_MAX_BODY_BYTES)"
+    )
+    user_events_factor: int = Field(
+        2, ge=1, le=100, description="events kept per user: this many times the model's history length (the "
+        "latest items it reads; GENREC_MAX_HISTORY for a method without one)"
+    )
+    event_id_ttl_s: float = Field(
+        86_400.0, gt=0, le=90 * 86_400, description="how long a user's event id is remembered: a repeat within "
+        "it is not stored again"
+    )
+    event_ids_per_user: int = Field(
+        1000, ge=1, le=1_000_000, description="most event ids remembered per user (the newest; older ones are "
+        "forgotten sooner than GENREC_EVENT_ID_TTL_S)"
+    )
+
     # Micro-batching and inference.
     max_batch_size: int = Field(32, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=1000)

@@ -43,13 +43,18 @@ from .posted_items import check_metadata, check_same_item
 from .redis_clients import STORE_ERRORS
 from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError
 from .schemas import (
+    EventsAccepted,
+    EventsRequest,
     ItemCreateRequest,
     ItemRecordResponse,
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
+    StoredEvent,
+    UserEventsResponse,
 )
 from .settings import Settings
+from .user_events import UserEvent, UserEventStore
 
 log = logging.getLogger("service")
 
@@ -86,6 +91,7 @@ class ServiceState:
         self.bundle: Bundle | None = None
         self.catalog: Catalog | None = None
         self.registry: Registry | None = None
+        self.user_events_store: UserEventStore | None = None
         self.engine: Engine | None = None
         self.embedded: EmbeddedRedis | None = None
         self.follower: EventFollower | None = None
@@ -144,6 +150,14 @@ class ServiceState:
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
                                  mint_max_rounds=s.mint_max_rounds or None)
             self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
+            self.user_events_store = UserEventStore(
+                self.registry.aio, self.registry.prefix,
+                keep=s.user_events_factor * (self.engine.method.history_length() or s.max_history),
+                id_ttl_s=s.event_id_ttl_s, ids_per_user=s.event_ids_per_user,
+            )
+            if self.engine.popular is None:
+                log.warning("the bundle has no popularity list (it was written before they were): requests with "
+                            "an empty history get no items (strategy \"popular\"); retrain the bundle to get one")
             await self._wait_for_redis()
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
             events, last_id = await self.registry.load_events()
@@ -318,25 +332,86 @@ class ServiceState:
         """The answer to a recommendation request; `deadline` (loop time) and `gone` (set when
         the client disconnects) drop the request's work when they come first."""
         s = self.settings
-        if len(body.history) > s.max_history:
+        if body.history is not None and len(body.history) > s.max_history:
             raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
         if body.k > s.max_k:
             raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
-        missing = self.catalog.unknown(body.history)
-        asked = True
-        if missing:
-            missing, asked = await self._look_up_missing(missing)
-        if missing:
-            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
-            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
-                           {"item_ids": missing})
-        job = RecommendJob(tuple(body.history), body.k, body.exclude_history, body.user_id)
-        rows = await self._queued(self.recommend_batcher.submit(job, deadline), deadline, gone)
+        if body.history is not None:
+            history = body.history
+            await self._check_known(history)
+        elif body.user_id is not None:
+            history = await self._stored_history(body.user_id)
+        else:
+            history = []
+        job = RecommendJob(tuple(history), body.k, body.exclude_history, body.user_id)
+        if history:
+            strategy = "model"
+            rows = await self._queued(self.recommend_batcher.submit(job, deadline), deadline, gone)
+        else:  # nothing for a model to read: a new user, or one not identified
+            strategy = "popular"
+            rows = self.engine.recommend_popular(job)
         items = [
             RecommendedItem(item_id=r.item_id, textual_id=self.catalog.textual_id(r.item_id) or "", score=r.score)
             for r in rows
         ]
-        return RecommendationResponse(items=items, model=self.model_info)
+        return RecommendationResponse(items=items, model=self.model_info, strategy=strategy)
+
+    async def _check_known(self, item_ids: Sequence[str], store_needed: bool = False) -> None:
+        """422 `unknown_items` naming the ids that neither this replica nor Redis knows; with
+        `store_needed` (the request writes to Redis anyway), 503 when Redis could not be asked."""
+        missing = self.catalog.unknown(item_ids)
+        asked = True
+        if missing:
+            missing, asked = await self._look_up_missing(missing)
+        if missing and store_needed and not asked:
+            raise _events_unavailable("the events' items cannot be checked now")
+        if missing:
+            unchecked = "" if asked else " (the item registry could not be asked; try again later)"
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
+                           {"item_ids": missing})
+
+    async def _stored_history(self, user_id: str) -> list[str]:
+        """The latest GENREC_MAX_HISTORY stored items of the user, oldest first. They were known
+        when stored; one minted on another replica a moment ago is looked up, and one still
+        unknown here (more than GENREC_MAX_REDIS_LOOKUPS of them) is left out."""
+        history = [e.item_id for e in await self._read_events(user_id, self.settings.max_history)]
+        missing = self.catalog.unknown(history)
+        if missing:
+            missing, _asked = await self._look_up_missing(missing)
+            gone = set(missing)
+            history = [item for item in history if item not in gone]
+        return history
+
+    async def _read_events(self, user_id: str, last: int | None = None):
+        try:
+            return await self.user_events_store.history(user_id, last)
+        except STORE_ERRORS as exc:
+            self.metrics.redis_errors.labels(operation="user_events").inc()
+            raise _events_unavailable("the user's stored events cannot be read now") from exc
+
+    # ------------------------------------------------------------------ users' events
+
+    async def add_events(self, body: EventsRequest) -> EventsAccepted:
+        """Stores a batch of events (each user's latest, in timestamp order) in one atomic
+        script: every item must be known (422 `unknown_items` otherwise, nothing written)."""
+        cap = self.settings.max_events_per_request
+        if len(body.events) > cap:
+            raise invalid("events", f"at most {cap} events (got {len(body.events)})")
+        await self._check_known(list(dict.fromkeys(e.item_id for e in body.events)), store_needed=True)
+        events = [UserEvent(e.user_id, e.item_id, e.timestamp, e.event_id) for e in body.events]
+        try:
+            accepted, duplicates = await self.user_events_store.add(events)
+        except STORE_ERRORS as exc:
+            self.metrics.redis_errors.labels(operation="events").inc()
+            log.warning("storing %d event(s) failed, Redis unavailable: %s", len(events), exc)
+            raise _events_unavailable("the events cannot be stored now") from exc
+        return EventsAccepted(accepted=accepted, duplicates=duplicates)
+
+    async def user_events(self, user_id: str) -> UserEventsResponse:
+        """The user's stored events, oldest first; a user with none has an empty list."""
+        events = await self._read_events(user_id)
+        return UserEventsResponse(user_id=user_id,
+                                  events=[StoredEvent(item_id=e.item_id, timestamp=e.timestamp) for e in events])
 
     async def _queued(self, submitted: Awaitable, deadline: float | None, gone: asyncio.Event | None = None):
         """The result of a batcher submit, or the API error that sheds it: 503 when the queue is
@@ -597,6 +672,12 @@ class ServiceState:
 def _overloaded(code: str, message: str) -> ApiError:
     """503 for a request shed under load; retrying a second later is fine."""
     return ApiError(503, code, message, headers=retry_after(1))
+
+
+def _events_unavailable(what: str) -> ApiError:
+    return ApiError(503, "store_unavailable", f"{what}: the event store (Redis) is unreachable; retry later "
+                    "(events with an event_id are stored once however often they are sent)",
+                    headers={"Retry-After": "1"})
 
 
 def _mint_unavailable() -> ApiError:

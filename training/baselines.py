@@ -26,26 +26,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from genrec.method import Query, Recommendation
+from genrec.popular import popularity_ranking, top_unseen
 
 from .data import SplitData
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def popularity_ranking(counts: Counter[str]) -> list[str]:
-    """Items by interaction count, ties by item id: the one popularity order of the project."""
-    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-
-
-def top_unseen(ranked: Sequence[str], seen, k: int) -> list[str]:
-    banned = set(seen)
-    out: list[str] = []
-    for item in ranked:
-        if item not in banned:
-            out.append(item)
-            if len(out) == k:
-                break
-    return out
 
 
 def visible_counts(split: SplitData, which: str) -> Counter[str]:

@@ -7,6 +7,7 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,8 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             result["id_stats"] = trained.id_stats
             result["users"] = {which: len(getattr(dataset.split, which)) for which in ("valid", "test")}
             result["timings_s"] = timings
-            write_run_bundle(out, trainer, trained, tokenizer, config, dataset, result, timings)
+            write_run_bundle(out, trainer, trained, tokenizer, config, dataset, result, timings,
+                             training_counts(seen.split))
             log("\n" + metrics_table(result, "test", trained.method.label))
             for line in trainer.report_sections(result):
                 log(line)
@@ -171,13 +173,20 @@ def baselines(dataset: Dataset, train_split: SplitData) -> dict:
     }
 
 
+def training_counts(split: SplitData) -> Counter[str]:
+    """Interactions per item in the training part of the split: the bundle's popularity list."""
+    return Counter(item for sequence in split.train.values() for item in sequence)
+
+
 def _metrics(result: dict) -> dict:
     """What the manifest records: every evaluation entry (eval.json holds the rest too)."""
     return {k: v for k, v in result.items() if k not in ("kind", "id_stats", "users", "timings_s")}
 
 
 def write_run_bundle(out: Path, trainer: Trainer, trained: Trained, tokenizer, config: TrainConfig,
-                     dataset: Dataset, result: dict, timings: dict) -> Path:
+                     dataset: Dataset, result: dict, timings: dict, popularity: Counter[str]) -> Path:
+    """The bundle of a run; `popularity`: the training interactions per item, which the service
+    answers users without a history with (genrec.popular)."""
     label = trained.method.label
     examples = [(item.textual_id, item.text) for item in trained.items[:10]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +205,7 @@ def write_run_bundle(out: Path, trainer: Trainer, trained: Trained, tokenizer, c
         return write_bundle(
             out, kind=config.kind, tokenizer=tokenizer, models=trained.models, items=trained.items,
             config=config.to_dict(), dataset=dataset.name, id_stats=trained.id_stats, metrics=_metrics(result),
-            extra_files=files, extra_dirs=trained.model_dirs,
+            extra_files=files, extra_dirs=trained.model_dirs, popularity=popularity,
         )
 
 

@@ -47,6 +47,9 @@ class Cllm4Rec(Method):
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
         return [title_textual_id(self.tokenizer, item.text, claim) for item in items]
 
+    def history_length(self) -> int:
+        return self.recommender.max_history
+
     def is_recommendable(self, item_id: str) -> bool:
         """Only items with a token in the trained model can be recommended."""
         return item_id in self.model.item_index

@@ -103,6 +103,9 @@ class IdGenRec(Method):
                 self._user_ids.update(fresh)
         return found
 
+    def history_length(self) -> int:
+        return self.recommender.max_history
+
     def clear_user_ids(self) -> None:
         """Forget the user IDs memoised without a cache (training: the generator changed)."""
         self._user_ids.clear()

@@ -76,6 +76,9 @@ class SasRec(Method):
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
         return [title_textual_id(self.tokenizer, item.text, claim) for item in items]
 
+    def history_length(self) -> int:
+        return self.model.max_len
+
     def is_recommendable(self, item_id: str) -> bool:
         """Only items with a row in the trained model's table can be recommended."""
         return item_id in self.model.item_index

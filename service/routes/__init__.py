@@ -3,8 +3,8 @@ also their order in the OpenAPI document)."""
 
 from __future__ import annotations
 
-from . import items, operations, recommendations
+from . import events, items, operations, recommendations
 
-ROUTERS = (recommendations.router, items.router, operations.router)
+ROUTERS = (recommendations.router, events.router, items.router, operations.router)
 
 __all__ = ["ROUTERS"]

@@ -1,4 +1,5 @@
-"""POST /v1/recommendations: the top-k next items for a history, decoded in micro-batches."""
+"""POST /v1/recommendations: the top-k next items for a history (given, or the user's stored
+events), decoded in micro-batches; an empty one gets the bundle's most popular items."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ router = APIRouter(tags=["recommendations"])
     "/v1/recommendations",
     response_model=RecommendationResponse,
     responses=error_responses(400, 401, 403, 413, 415, 422, 429, 499, 503),
-    summary="Top-k next items for a history",
+    summary="Top-k next items for a history, or a user's stored one",
     dependencies=[Depends(read_access), Depends(require_json)],  # the token first; `key` below reuses its answer
 )
 async def recommendations(body: RecommendationRequest, request: Request, svc: ServiceState = Depends(get_state),

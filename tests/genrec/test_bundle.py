@@ -324,3 +324,38 @@ def test_update_manifest_merges(bundle):
     assert m["notes"] == "evaluated"
     with pytest.raises(BundleError, match="cannot be set"):
         update_manifest(bundle, files={})
+
+
+# --------------------------------------------------------------------------- popularity list
+
+
+def test_popularity_round_trip_most_first_without_zero_counts(tmp_path, tokenizer, models, items):
+    path = _write(tmp_path / "b", tokenizer, models, items, popularity={"I2": 3, "I0": 5, "I1": 3, "I3": 0})
+    verify_bundle(path)  # popularity.json is checksummed like every file
+    assert load_bundle(path).popularity == [("I0", 5), ("I1", 3), ("I2", 3)]
+
+
+def test_a_bundle_written_without_popularity_has_none(bundle):
+    assert not (bundle / "popularity.json").exists()
+    assert load_bundle(bundle).popularity is None
+
+
+def test_popularity_of_items_not_in_the_bundle_is_refused(tmp_path, tokenizer, models, items):
+    with pytest.raises(BundleError, match="not in the bundle"):
+        _write(tmp_path / "b", tokenizer, models, items, popularity={"I0": 1, "elsewhere": 2})
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not valid JSON"),
+    ('{"items": [["I0", "3"]]}', "expected"),
+    ('{"items": [["I0", 0]]}', "expected"),
+    ('[["I0", 1]]', "expected"),
+    ('{"items": [["nope", 1]]}', "'nope' is not in items.jsonl"),
+    ('{"items": [["I0", 2], ["I0", 1]]}', "listed twice"),
+])
+def test_a_malformed_popularity_list_is_refused(tmp_path, tokenizer, models, items, content, message):
+    path = _write(tmp_path / "b", tokenizer, models, items, popularity={"I0": 1})
+    update_bundle_files(path, {"popularity.json": content})
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)

@@ -86,7 +86,13 @@ def build_tiny_bundle(out: Path) -> Path:
         dataset="synthetic",
         id_stats=stats.to_dict(),
         metrics={},
+        popularity=catalog_popularity(),
     )
+
+
+def catalog_popularity() -> dict[str, int]:
+    """The test bundle's training interactions per item: uneven, with ties, some items without any."""
+    return {f"m{i}": (i * 7) % 11 for i in range(N_ITEMS)}
 
 
 def _answers(url: str) -> bool:

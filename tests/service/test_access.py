@@ -23,10 +23,15 @@ pytestmark = pytest.mark.anyio
 TOKEN = "s3cret-token-value"
 SECRET_PATH = "/work/secret/path.py"
 # Every endpoint that writes, with a body it accepts.
-WRITE_ENDPOINTS = [("POST", "/v1/items", {"item_id": "w-1", "metadata": {"title": "fresh entry"}})]
+WRITE_ENDPOINTS = [
+    ("POST", "/v1/items", {"item_id": "w-1", "metadata": {"title": "fresh entry"}}),
+    ("POST", "/v1/events", {"events": [{"user_id": "u1", "item_id": "m1", "event_id": "e-1"}]}),
+]
 READ_ENDPOINTS = [
     ("POST", "/v1/recommendations", {"history": ["m1"], "k": 2}),
+    ("POST", "/v1/recommendations", {"user_id": "u1", "k": 2}),
     ("GET", "/v1/items/m1", None),
+    ("GET", "/v1/users/u1/events", None),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
     ("GET", "/metrics", None),
@@ -255,3 +260,18 @@ async def test_validation_errors_do_not_echo_values_or_server_paths(client, body
         assert set(field) == {"field", "message", "type"}
     for leak in ("/etc/passwd", "/etc/shadow", "site-packages", "/work/", "pydantic.dev", ".py"):
         assert leak not in response.text, leak
+
+
+def test_the_quota_gate_knows_every_write_route():
+    """The gate picks a request's quota before routing: its list of write paths must be the
+    routes behind write_access, every one of them POSTed to."""
+    from fastapi.routing import APIRoute
+
+    from service.dependencies import write_access
+    from service.routes import ROUTERS
+
+    writes = {(method, route.path) for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)
+              and any(d.call is write_access for d in route.dependant.dependencies) for method in route.methods}
+    assert writes == {("POST", path) for path in access.WRITE_PATHS}
+    assert all(access.kind_of(method, path) == "write" for method, path in writes)
+    assert access.kind_of("GET", "/v1/users/u/events") == access.kind_of("POST", "/v1/recommendations") == "read"

@@ -255,6 +255,28 @@ async def test_two_replicas_mint_the_same_items_on_a_cluster(cluster, make_setti
         cluster.delete_catalog(catalog)
 
 
+async def test_users_events_on_a_cluster(cluster, make_settings):
+    """A batch of many users' events is one script over keys of the catalog's slot (no CROSSSLOT),
+    and every replica reads the histories back."""
+    catalog = cluster.catalog_on(cluster.masters_now()[2], "events")
+    settings = cluster_settings(make_settings, cluster, catalog)
+    try:
+        async with serve(settings) as (_app_a, a), serve(settings) as (_app_b, b):
+            events = [{"user_id": f"user-{u}", "item_id": f"m{(u + t) % N_ITEMS}", "timestamp": 100 - t,
+                       "event_id": f"e-{u}-{t}"} for u in range(20) for t in range(3)]
+            response = await a.post("/v1/events", json={"events": events})
+            assert response.json() == {"accepted": 60, "duplicates": 0}, response.text
+            assert (await b.post("/v1/events", json={"events": events[:5]})).json()["duplicates"] == 5
+            for u in (0, 19):
+                stored = (await b.get(f"/v1/users/user-{u}/events")).json()["events"]
+                assert [e["item_id"] for e in stored] == [f"m{(u + t) % N_ITEMS}" for t in (2, 1, 0)]
+            answer = (await b.post("/v1/recommendations", json={"user_id": "user-3", "k": 3})).json()
+            assert answer["strategy"] == "model" and len(answer["items"]) == 3
+            assert sum(":user:" in k for k in cluster.catalog_keys(catalog)) == 20  # in the catalog's slot
+    finally:
+        cluster.delete_catalog(catalog)
+
+
 @pytest.mark.slow
 async def test_catalog_slot_migrated_under_load(cluster, make_settings):
     """The catalog's slot moves to another master (IMPORTING/MIGRATING, MIGRATE ... KEYS in

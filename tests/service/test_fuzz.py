@@ -34,7 +34,7 @@ CATALOG_IDS = [f"m{i}" for i in range(N_ITEMS)]
 # Small limits, so that the coverage phase reaches them and their 422/413 answers are checked too;
 # no throttle on wrong tokens (its 429 would stand in for the 401 the auth checks look for).
 LIMITS = dict(max_history=5, max_k=20, max_metadata_fields=8, max_metadata_chars=600, max_metadata_word_chars=24,
-              max_metadata_value_chars=300, auth_failure_limit=1_000_000)
+              max_metadata_value_chars=300, max_events_per_request=5, auth_failure_limit=1_000_000)
 CONFIGURATIONS = {
     "no token": {},
     "write token": {"api_token": TOKEN},
@@ -51,6 +51,7 @@ def run_config(token: str | None) -> schemathesis.Config:
     data["phases"] = {**data.get("phases", {}), "stateful": {"max-steps": STATEFUL_STEPS}}
     data["dictionaries"] = {"catalog": {"values": CATALOG_IDS}}
     data["parameters"] = {"body.history[*]": {"dictionary": "catalog", "probability": 0.5},
+                          "body.events[*].item_id": {"dictionary": "catalog", "probability": 0.5},
                           "path.item_id": {"dictionary": "catalog", "probability": 0.5}}
     if token is not None:
         data["auth"] = {"openapi": {"apiToken": {"bearer": token}}}

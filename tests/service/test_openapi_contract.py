@@ -31,16 +31,17 @@ def secured_operations(document: dict) -> set[str]:
             for method, operation in entries.items() if operation.get("security")}
 
 
-READS = {"POST /v1/recommendations", "GET /v1/items/{item_id}"}
+READS = {"POST /v1/recommendations", "GET /v1/items/{item_id}", "GET /v1/users/{user_id}/events"}
+WRITES = {"POST /v1/items", "POST /v1/events"}
 
 
 @pytest.mark.parametrize(
     "overrides, secured",
     [
         ({}, set()),  # anonymous writes: nothing needs a token
-        ({"api_token": WRITER}, {"POST /v1/items"}),
-        ({"api_token": WRITER, "require_read_token": True}, READS | {"POST /v1/items", "GET /metrics"}),
-        ({"api_token": WRITER, "require_read_token": True, "metrics_access": "open"}, READS | {"POST /v1/items"}),
+        ({"api_token": WRITER}, WRITES),
+        ({"api_token": WRITER, "require_read_token": True}, READS | WRITES | {"GET /metrics"}),
+        ({"api_token": WRITER, "require_read_token": True, "metrics_access": "open"}, READS | WRITES),
         ({"api_tokens": f"web:{READER}:read", "require_read_token": True}, READS | {"GET /metrics"}),
         ({"api_tokens": f"web:{READER}:read", "metrics_access": "token"}, {"GET /metrics"}),
     ],
@@ -69,7 +70,7 @@ async def test_without_a_token_the_write_declares_none_and_answers_201(make_sett
 
 
 LIMITS = dict(max_history=3, max_k=7, max_metadata_fields=4, max_metadata_value_chars=40, max_metadata_word_chars=10,
-              max_metadata_chars=120)
+              max_metadata_chars=120, max_events_per_request=6)
 
 
 def request_schemas(document: dict) -> tuple[dict, dict]:
@@ -77,11 +78,17 @@ def request_schemas(document: dict) -> tuple[dict, dict]:
     return schemas["RecommendationRequest"], schemas["ItemCreateRequest"]
 
 
+def history_schema(recommend: dict) -> dict:
+    """The history's array schema (the field may be null)."""
+    return next(branch for branch in recommend["properties"]["history"]["anyOf"] if branch["type"] == "array")
+
+
 def test_the_limits_that_are_settings_are_stated_as_their_values(make_settings):
     document = create_app(make_settings(**LIMITS)).openapi()
     assert SETTINGS_KEY not in json.dumps(document)
     recommend, item = request_schemas(document)
-    assert recommend["properties"]["history"]["maxItems"] == 3
+    assert history_schema(recommend)["maxItems"] == 3
+    assert document["components"]["schemas"]["EventsRequest"]["properties"]["events"]["maxItems"] == 6
     assert recommend["properties"]["k"]["maximum"] == 7
     metadata = item["properties"]["metadata"]
     assert metadata["maxProperties"] == 4

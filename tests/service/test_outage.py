@@ -270,3 +270,28 @@ async def test_redis_restarted_empty_gets_its_items_back(make_settings, tmp_path
             assert contents["events"] == 3
             fresh = await b.post("/v1/items", json={"item_id": "fresh", "metadata": TITLE})
             assert fresh.status_code == 201 and fresh.json()["textual_id"] not in minted.values()
+
+
+async def test_users_events_while_redis_is_down(make_settings, redis_server):
+    """Events cannot be stored or read without Redis: 503 with Retry-After (a batch with event ids
+    is safe to send again); a recommendation with its history in the request is still served."""
+    settings = make_settings(redis_url=redis_server.url, redis_timeout_s=0.5)
+    async with serve(settings) as (_app, client):
+        first = {"events": [{"user_id": "u", "item_id": "m1", "timestamp": 1, "event_id": "e-1"}]}
+        assert (await client.post("/v1/events", json=first)).json() == {"accepted": 1, "duplicates": 0}
+
+        redis_server.crash()
+        start = time.monotonic()
+        for response in (await client.post("/v1/events", json=first),
+                         await client.get("/v1/users/u/events"),
+                         await client.post("/v1/recommendations", json={"user_id": "u", "k": 3})):
+            error = assert_error(response, 503, "store_unavailable")
+            assert "event store (Redis)" in error["message"] and response.headers["retry-after"] == "1"
+        assert time.monotonic() - start < 10.0
+        served = await client.post("/v1/recommendations", json={"user_id": "u", "history": ["m1"], "k": 3})
+        assert served.status_code == 200 and served.json()["strategy"] == "model"
+
+        redis_server.start()
+        assert await wait_for_status(client, "/readyz", 200, timeout_s=10) is not None
+        assert (await client.post("/v1/events", json=first)).json() == {"accepted": 0, "duplicates": 1}
+        assert (await client.get("/v1/users/u/events")).json()["events"] == [{"item_id": "m1", "timestamp": 1.0}]

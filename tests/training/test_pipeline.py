@@ -2,13 +2,14 @@
 
 import json
 import random
+from collections import Counter
 
 import pytest
 
 from genrec.bundle import load_bundle, verify_bundle
 from genrec.modeling import ModelConfig
 from training.cli import main as cli_main
-from training.pipeline import run
+from training.pipeline import load_config_dataset, run
 from training.presets import preset
 
 GENRES = ["action", "comedy", "drama", "horror", "romance", "thriller", "animation", "western"]
@@ -96,3 +97,17 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "unknown config key" in capsys.readouterr().err
     assert cli_main(["evaluate", "--bundle", str(tmp_path / "missing")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_the_bundle_holds_the_training_popularity_list(trained):
+    """Every bundle carries the interactions per item of the training part of the split (not the
+    valid or test items), most first, which the service answers users without a history with."""
+    bundle_dir, _ = trained
+    bundle = load_bundle(bundle_dir)
+    split = load_config_dataset(bundle.train_config).split
+    expected = Counter(item for sequence in split.train.values() for item in sequence)
+    assert dict(bundle.popularity) == dict(expected)
+    counts = [count for _, count in bundle.popularity]
+    assert counts == sorted(counts, reverse=True)
+    assert sum(counts) == sum(len(s) for s in split.train.values()) < sum(len(s) + 2 for s in split.train.values())
+    assert "popularity.json" in bundle.manifest["files"]

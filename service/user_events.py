@@ -1,0 +1,126 @@
+"""Each user's latest interactions, kept in Redis so that a recommendation can be asked for a user
+id alone, on any replica (docs/design.md, "Redis keys"; docs/api.md, "Users and events").
+
+Keys, under the catalog's namespace `genrec:{<catalog>}:` (one Redis Cluster slot: a batch of
+events, whatever its users, is one atomic script):
+
+    user:<user_id>   -> sorted set: the user's latest events, score = the event's timestamp (unix
+                        seconds), member = "<16 hex digits: arrival number>:<item_id>" (events with
+                        the same timestamp keep their arrival order; the same item may appear
+                        several times). At most `keep` events: the newest by timestamp.
+    uevid:<user_id>  -> sorted set: the user's event ids seen, score = when received (ms, Redis
+                        clock); an id is forgotten `id_ttl_ms` after it was received, and past the
+                        user's newest `ids_per_user` ids; the key expires with its newest id.
+    useq:<user_id>   -> the user's arrival counter (INCR)
+
+What a later export needs (user, item, timestamp) is in `user:*`, scannable per catalog with
+`SCAN MATCH genrec:\\{<catalog>\\}:user:*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SEQ_DIGITS = 16  # the arrival number's width in a member: "<seq>:<item_id>"
+
+# Adds a batch of events. KEYS: per user (in ARGV's user numbering, from 0) its events, event-id
+# and counter keys. ARGV: keep, id_ttl_ms, ids_per_user, then per event its user's number, item
+# id, timestamp ('' : now, by the Redis clock) and event id ('' : none). Returns {accepted,
+# duplicates}. An event whose id the user sent within id_ttl_ms is a duplicate: not stored again.
+_ADD_EVENTS = """
+local keep, id_ttl, id_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local accepted, duplicates, touched = 0, 0, {}
+for i = 4, #ARGV, 4 do
+  local base = tonumber(ARGV[i]) * 3
+  local event_id = ARGV[i + 3]
+  local fresh = true
+  if event_id ~= '' then
+    local seen = redis.call('ZSCORE', KEYS[base + 2], event_id)
+    if seen and tonumber(seen) > now_ms - id_ttl then
+      fresh = false
+    else
+      redis.call('ZADD', KEYS[base + 2], now_ms, event_id)
+    end
+  end
+  if fresh then
+    local ts = ARGV[i + 2]
+    if ts == '' then ts = now_s end
+    local seq = redis.call('INCR', KEYS[base + 3])
+    redis.call('ZADD', KEYS[base + 1], ts, string.format('%0""" + str(SEQ_DIGITS) + """x', seq) .. ':' .. ARGV[i + 1])
+    accepted = accepted + 1
+  else
+    duplicates = duplicates + 1
+  end
+  touched[base] = true
+end
+for base in pairs(touched) do
+  redis.call('ZREMRANGEBYRANK', KEYS[base + 1], 0, -keep - 1)
+  if redis.call('EXISTS', KEYS[base + 2]) == 1 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', now_ms - id_ttl)
+    redis.call('ZREMRANGEBYRANK', KEYS[base + 2], 0, -id_cap - 1)
+    redis.call('PEXPIRE', KEYS[base + 2], id_ttl)
+  end
+end
+return {accepted, duplicates}
+"""
+
+
+@dataclass(frozen=True)
+class UserEvent:
+    """One interaction as posted: timestamp None is now (the Redis clock), event_id None has none."""
+
+    user_id: str
+    item_id: str
+    timestamp: float | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    item_id: str
+    timestamp: float
+
+
+class UserEventStore:
+    """The users' latest events of one catalog (`prefix`: its namespace), on an async Redis client
+    (or cluster client: every key of a call is in the catalog's slot)."""
+
+    def __init__(self, client, prefix: str, keep: int, id_ttl_s: float, ids_per_user: int):
+        self.client = client
+        self.prefix = prefix
+        self.keep = keep
+        self.id_ttl_ms = max(1, round(id_ttl_s * 1000))
+        self.ids_per_user = ids_per_user
+
+    def events_key(self, user_id: str) -> str:
+        return f"{self.prefix}user:{user_id}"
+
+    def ids_key(self, user_id: str) -> str:
+        return f"{self.prefix}uevid:{user_id}"
+
+    def seq_key(self, user_id: str) -> str:
+        return f"{self.prefix}useq:{user_id}"
+
+    async def add(self, events: Sequence[UserEvent]) -> tuple[int, int]:
+        """(accepted, duplicates): the whole batch in one script, atomic on the slot's node. Without
+        an event_id a retried batch is stored again; with one, a repeat is not."""
+        users: dict[str, int] = {}
+        args: list[str | int] = [self.keep, self.id_ttl_ms, self.ids_per_user]
+        for event in events:
+            number = users.setdefault(event.user_id, len(users))
+            timestamp = "" if event.timestamp is None else repr(float(event.timestamp))
+            args += [number, event.item_id, timestamp, event.event_id or ""]
+        keys = [key for user in users for key in (self.events_key(user), self.ids_key(user), self.seq_key(user))]
+        accepted, duplicates = await self.client.eval(_ADD_EVENTS, len(keys), *keys, *args)
+        return int(accepted), int(duplicates)
+
+    async def history(self, user_id: str, last: int | None = None) -> list[StoredEvent]:
+        """The user's stored events, oldest first (the newest `last` of them); [] for a user
+        with none."""
+        start = -last if last else 0
+        rows = await self.client.zrange(self.events_key(user_id), start, -1, withscores=True)
+        return [StoredEvent(member[SEQ_DIGITS + 1 :], float(score)) for member, score in rows]
