@@ -74,7 +74,7 @@ def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None)
         parts.append(f"{field_label(field)}: {value}")
     text = "; ".join(parts)
     if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars].rstrip(" ;:")
+        text = text[:max_chars].rstrip(" ;:") or text[:max_chars]  # never empty when there was text
     return text
 
 

@@ -11,10 +11,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from .access import QuotaGate
-from .dependencies import read_access
+from .dependencies import read_access, write_access
 from .errors import install_error_handlers
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from .openapi import mark_secured, set_max_items
+from .openapi import apply_settings, mark_secured, setting_keywords
 from .routes import ROUTERS, docs, page
 from .settings import Settings
 from .state import ServiceState, lifespan
@@ -48,37 +48,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     for router in (*ROUTERS, docs.router, page.router):
         app.include_router(router)
-    _declare_limits(app, settings)
-    if settings.require_read_token:
-        _declare_read_token(app)
+    _serve_exact_document(app, settings)
     return app
 
 
-def _declare_limits(app: FastAPI, settings: Settings) -> None:
-    """The OpenAPI document shows the request limits the settings chose."""
-    generate = app.openapi
-
-    def openapi() -> dict:
-        return set_max_items(generate(), "EventsRequest", "events", settings.max_events_per_request)
-
-    app.openapi = openapi
-
-
-def _declare_read_token(app: FastAPI) -> None:
-    """The OpenAPI document marks the reads (the routes behind `read_access`) as needing the
-    bearer token too."""
-    reads = {
-        (method, route.path_format)
-        for router in ROUTERS
-        for route in router.routes
-        if isinstance(route, APIRoute) and any(d.call is read_access for d in route.dependant.dependencies)
-        for method in route.methods
-    }
+def _serve_exact_document(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document says what this app, as configured, does: the limits that are
+    settings, the bearer token on the operations that need one (writes with a write token
+    configured, reads with GENREC_REQUIRE_READ_TOKEN, /metrics behind `token`), and no operation
+    that is turned off."""
+    secured, hidden = set(), set()
+    for router in ROUTERS:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            calls = [d.call for d in route.dependant.dependencies]
+            if any(_needs_token(call, settings) for call in calls):
+                secured |= {(method, route.path_format) for method in route.methods}
+            if any(settings.access(call.guards) == "off" for call in calls if hasattr(call, "guards")):
+                hidden.add(route.path_format)
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = mark_secured(generate(), reads)
+            document = apply_settings(generate(), setting_keywords(settings))
+            for path in hidden:
+                document["paths"].pop(path, None)
+            app.openapi_schema = mark_secured(document, secured)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _needs_token(dependency, settings: Settings) -> bool:
+    if dependency is read_access:
+        return settings.require_read_token
+    if dependency is write_access:
+        return settings.write_protected()
+    guarded = getattr(dependency, "guards", None)  # /metrics (dependencies.guarded)
+    return guarded is not None and settings.access(guarded) == "token"

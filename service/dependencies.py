@@ -13,8 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request
 
 from .access import authorize, charge
 from .errors import ApiError
@@ -35,29 +34,20 @@ def get_state(request: Request) -> ServiceState:
     return state
 
 
-# Declared for the OpenAPI document (so clients and fuzzers know write endpoints take a bearer
-# token); auto_error is off because the check, and whether a token is needed at all, is ours.
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="apiToken",
-    description="an API token (API_TOKEN or API_TOKENS); write endpoints need one with the write scope, "
-    "reads one with the read scope when GENREC_REQUIRE_READ_TOKEN=true",
-)
+# Neither dependency declares the bearer token itself: whether an operation needs one depends on
+# the settings, and create_app declares it in the OpenAPI document where it does.
 
 
 async def read_access(request: Request) -> ApiKey | None:
     """Reads: open unless GENREC_REQUIRE_READ_TOKEN (a sent token must still be valid), and one
-    unit of the read quota. (Not through `_bearer`, so the OpenAPI document marks reads as open;
-    create_app marks them when a read token is required.)"""
+    unit of the read quota."""
     state = get_state(request)
     key = await authorize(request, state, "read", state.settings.require_read_token)
     await charge(request, state, "read", key)
     return key
 
 
-async def write_access(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> ApiKey | None:
+async def write_access(request: Request) -> ApiKey | None:
     """Writes need a token with the write scope (unless GENREC_ALLOW_ANONYMOUS_WRITES and no
     write token is configured), and one unit of the write quota."""
     state = get_state(request)
@@ -77,6 +67,7 @@ def guarded(endpoint: Literal["metrics", "docs"]):
         if access == "token":
             await authorize(request, state, "read", required=True)
 
+    dependency.guards = endpoint  # create_app reads it for the OpenAPI document
     return dependency
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-import unicodedata
+import re
 from functools import reduce
 from typing import Annotated, Literal
 
@@ -26,12 +26,42 @@ from pydantic import (
 from .filters import WORD_PATTERN
 
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
-# no metadata anyone needs, and Python refuses to print integers past 4300 digits.
+# no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
+# numbers, integers or not, keep within it.
 SAFE_INTEGER = 2**53 - 1
+
+# Character classes of the OpenAPI document's patterns, spelled as explicit \uXXXX ranges so that
+# ECMA-262 (what the document's `pattern` means) and Python's `re` (what the server and
+# schemathesis run) read them alike; \w, \s and \d are expanded differently by the two.
+CONTROL_CHARACTERS = r"\u0000-\u001f\u007f-\u009f"  # Unicode's Cc category
+WHITESPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"  # str.isspace
+# What separates the words of a metadata value: ASCII other than letters, digits and `_`, and the
+# punctuation and spaces of Latin-1, of General Punctuation, of CJK and of fullwidth ASCII.
+WORD_SEPARATORS = (r"\u0000-\u002f\u003a-\u0040\u005b-\u005e\u0060\u007b-\u00bf\u2000-\u206f\u3000-\u303f"
+                   r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65")
+NO_CONTROL_CHARACTERS = f"^[^{CONTROL_CHARACTERS}]*$"
+BLANK = f"^[{WHITESPACE}]*$"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+
+# The served document states limits that are settings (GENREC_MAX_HISTORY, ...): a schema node
+# names them under this key, and service/openapi.py replaces the names by the keywords.
+SETTINGS_KEY = "x-genrec-settings"
+
+
+def set_by(*settings: str) -> dict:
+    """`json_schema_extra` of a field whose limits are these settings (names of Settings fields)."""
+    return {SETTINGS_KEY: list(settings)}
+
+
+def words_at_most(max_chars: int) -> str:
+    """The pattern of a text with no word over `max_chars` characters, a word being a run of
+    characters between WORD_SEPARATORS (GENREC_MAX_METADATA_WORD_CHARS)."""
+    sep, word = f"[{WORD_SEPARATORS}]", f"[^{WORD_SEPARATORS}]"
+    return f"^{sep}*(?:{word}{{1,{max_chars}}}{sep}+)*{word}{{0,{max_chars}}}$"
 
 
 def _no_control_characters(value: str) -> str:
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
     return value
 
@@ -44,23 +74,42 @@ def _finite(value: float) -> float:
 
 ItemId = Annotated[
     StrictStr,
-    Field(min_length=1, max_length=256, examples=["50"]),
+    Field(min_length=1, max_length=256, examples=["50"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
     AfterValidator(_no_control_characters),
 ]
 UserId = Annotated[
     StrictStr,
-    Field(min_length=1, max_length=256, examples=["42"]),
+    Field(min_length=1, max_length=256, examples=["42"], json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
     AfterValidator(_no_control_characters),
 ]
 EventId = Annotated[
     StrictStr,
-    Field(min_length=1, max_length=128, examples=["3f2a9c1d-0b4e-4c1d-9a1e-0f8b3c9a7d21"]),
+    Field(min_length=1, max_length=128, examples=["3f2a9c1d-0b4e-4c1d-9a1e-0f8b3c9a7d21"],
+          json_schema_extra={"pattern": NO_CONTROL_CHARACTERS}),
     AfterValidator(_no_control_characters),
 ]
 # The last second a datetime can hold (9999-12-31T23:59:59Z): a timestamp any client can print.
 MAX_TIMESTAMP = 253_402_300_799
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
-MetadataText = Annotated[StrictStr, Field(max_length=4096)]
+# Every string of the metadata, a list's included: GENREC_MAX_METADATA_VALUE_CHARS characters at most
+# (state.py checks it; the schema here keeps the static caps) and no word over
+# GENREC_MAX_METADATA_WORD_CHARS.
+_METADATA_STRING_SETTINGS = set_by("max_metadata_value_chars", "max_metadata_word_chars")
+MetadataText = Annotated[StrictStr, Field(max_length=4096, json_schema_extra=_METADATA_STRING_SETTINGS)]
+MetadataListText = Annotated[StrictStr, Field(max_length=256, json_schema_extra=_METADATA_STRING_SETTINGS)]
+# A value with no text: a string of whitespace, or a list of such strings (or none). Metadata
+# whose every value is blank gives the ID generator nothing to read.
+_BLANK_VALUE = {"anyOf": [{"type": "string", "pattern": BLANK},
+                          {"type": "array", "items": {"type": "string", "pattern": BLANK}}]}
+
+
+def _metadata_schema(schema: dict) -> None:
+    """What the metadata's JSON schema says beyond its type: keys without control characters
+    (as propertyNames: a pattern on the key type would make pydantic write patternProperties,
+    which leave other keys free), the field count a setting, and not every value blank."""
+    schema["propertyNames"]["pattern"] = NO_CONTROL_CHARACTERS
+    schema.update(set_by("max_metadata_fields"))
+    schema["not"] = {"additionalProperties": _BLANK_VALUE}
 
 
 def _metadata_kind(value) -> str | None:
@@ -78,8 +127,9 @@ def _metadata_kind(value) -> str | None:
 _METADATA_KINDS = {
     "string": MetadataText,
     "integer": Annotated[StrictInt, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER)],
-    "number": Annotated[StrictFloat, AfterValidator(_finite)],
-    "list": Annotated[list[Annotated[StrictStr, Field(max_length=256)]], Field(max_length=64)],
+    # Bounded like integers: JSON does not tell 1e20 from 100000000000000000000, so neither may pass.
+    "number": Annotated[StrictFloat, Field(ge=-SAFE_INTEGER, le=SAFE_INTEGER), AfterValidator(_finite)],
+    "list": Annotated[list[MetadataListText], Field(max_length=64)],
 }
 MetadataValue = Annotated[
     reduce(operator.or_, (Annotated[kind, Tag(name)] for name, kind in _METADATA_KINDS.items())),
@@ -123,13 +173,15 @@ class RecommendationRequest(_Strict):
         "unknown ids are listed once each, and exclude_history excludes each id once. Absent: the "
         "user_id's stored events (POST /v1/events), their latest GENREC_MAX_HISTORY; a history given "
         "here wins over the stored one. Empty (or absent with no stored events): the most popular items.",
+        json_schema_extra=set_by("max_history"),
     )
     user_id: UserId | None = Field(
         None,
         description="the user: without a history, their stored events are the history; also passed to "
         "the method (bundles with a user vocabulary use it)",
     )
-    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)")
+    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)",
+                         json_schema_extra=set_by("max_k"))
     exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
     exclude_items: list[ItemId] = Field(
         [],
@@ -209,7 +261,10 @@ class ItemCreateRequest(_Strict):
     metadata: dict[MetadataKey, MetadataValue] = Field(
         ...,
         min_length=1,
-        description="non-empty: strings, numbers or lists of strings (lists are joined with spaces)",
+        description="strings, numbers (within ±(2^53-1)) or lists of strings (joined with spaces), at least "
+        "one of them with text (not only whitespace); GENREC_MAX_METADATA_FIELDS fields at most. The item "
+        "text they flatten to (`title: ...; genres: ...`) over GENREC_MAX_METADATA_CHARS characters gets 413",
+        json_schema_extra=_metadata_schema,
     )
 
     model_config = ConfigDict(
@@ -288,7 +343,7 @@ class Event(_Strict):
 class EventsRequest(_Strict):
     events: list[Event] = Field(
         ..., min_length=1, description="interactions, in any order (each user's are kept in timestamp order); "
-        "GENREC_MAX_EVENTS_PER_REQUEST at most"
+        "GENREC_MAX_EVENTS_PER_REQUEST at most", json_schema_extra=set_by("max_events_per_request"),
     )
 
     model_config = ConfigDict(

@@ -31,16 +31,15 @@ from fastapi import FastAPI
 
 from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
-from genrec.item_text import flatten_item_text
-from genrec.textual_ids import id_words, normalize_textual_id
 
 from .batching import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
 from .catalog import Catalog, EventFollower
 from .embedded_redis import EmbeddedRedis
-from .engine import Engine, MintJob, MintResult, RecommendJob, flatten_metadata, text_digest, texts_for
+from .engine import Engine, MintJob, MintResult, RecommendJob, text_digest, texts_for
 from .errors import ApiError, invalid
 from .limits import Limiter, retry_after
 from .metrics import ServiceMetrics
+from .posted_items import check_metadata, check_same_item
 from .redis_clients import STORE_ERRORS
 from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError
 from .schemas import (
@@ -499,9 +498,11 @@ class ServiceState:
     # ------------------------------------------------------------------ minting
 
     async def create_item(self, body: ItemCreateRequest, deadline: float | None = None) -> tuple[str, bool]:
-        """(textual_id, created) for the item; mints it when nobody has. A mint still queued at
-        `deadline` is dropped (503); one under way is awaited (its generator rounds are capped)."""
-        self._check_metadata(body.metadata)
+        """(textual_id, created) for the item; mints it when nobody has. An item that exists
+        answers with its ID when it was posted with the same metadata, else 409 (nothing is
+        stored). A mint still queued at `deadline` is dropped (503); one under way is awaited
+        (its generator rounds are capped)."""
+        check_metadata(body.metadata, self.settings)
         text, vocabulary = texts_for(body.metadata, self.engine.max_text_chars)
         if not text or not vocabulary.strip():
             raise invalid("metadata", "has no text (every value is empty)")
@@ -517,27 +518,15 @@ class ServiceState:
             log.warning("minting %r failed, Redis unavailable: %s", body.item_id, exc)
             raise _mint_unavailable() from exc
 
-    def _check_metadata(self, metadata: dict) -> None:
-        """Every metadata limit, on the metadata as posted (before the text is cut to the
-        bundle's max_text_chars): fields, characters of a value and of the whole text, and the
-        longest word (a `\\w+` run, as ID words are) of a value. 422 naming the field."""
-        s = self.settings
-        if len(metadata) > s.max_metadata_fields:
-            raise invalid("metadata", f"at most {s.max_metadata_fields} fields (got {len(metadata)})")
-        flat = flatten_metadata(metadata)
-        for key, value in flat.items():
-            if len(value) > s.max_metadata_value_chars:
-                raise invalid(f"metadata.{key}", f"a value may have at most {s.max_metadata_value_chars} characters")
-            if max(map(len, id_words(normalize_textual_id(value))), default=0) > s.max_metadata_word_chars:
-                raise invalid(f"metadata.{key}", f"a word may have at most {s.max_metadata_word_chars} characters")
-        if len(flatten_item_text(flat)) > s.max_metadata_chars:
-            raise invalid("metadata", f"the item text is over {s.max_metadata_chars} characters")
-
     async def _find_or_mint(self, item_id: str, job: MintJob, metadata: dict,
                             deadline: float | None = None) -> tuple[str, bool]:
-        """The known ID (memory, then Redis), the result of a mint of this item under way, or a new mint."""
+        """The known ID (memory, then Redis), the result of a mint of this item under way, or a
+        new mint; an existing item posted with other metadata raises the 409. Two posts of one
+        item at once, on any replicas, are decided by the commit script: the one that finds the
+        item written compares against what the other wrote."""
         known = self.catalog.textual_id(item_id)
         if known is not None:
+            check_same_item(await self._existing(item_id), metadata)
             await self.registry.confirm(item_id)  # with GENREC_REDIS_WAIT_REPLICAS: on enough replicas
             return known, False
         inflight = self._inflight_mints.get(item_id)
@@ -545,17 +534,30 @@ class ServiceState:
             existing = await self.registry.get_item(item_id)
             if existing is not None:
                 self._learn(existing)
+                check_same_item(existing, metadata)
                 await self.registry.confirm(item_id)
                 return existing.textual_id, False
             inflight = self._inflight_mints.get(item_id)  # another request may have started meanwhile
         if inflight is not None:
             result = await asyncio.shield(inflight)
+            check_same_item(result.record, metadata)
             return result.record.textual_id, False
         task = asyncio.create_task(self._mint_and_commit(job, metadata, deadline))
         self._inflight_mints[item_id] = task
         task.add_done_callback(lambda _t: self._inflight_mints.pop(item_id, None))
         result = await asyncio.shield(task)  # a client that goes away does not stop a mint halfway
+        if not result.created:  # another replica committed the item first
+            check_same_item(result.record, metadata)
         return result.record.textual_id, result.created
+
+    async def _existing(self, item_id: str) -> ItemRecord:
+        """The record of an item this replica knows: from memory when it holds the whole record,
+        else from Redis (a Redis that has lost it is treated as unavailable: the item is being
+        written back, docs/reliability.md)."""
+        record = self.catalog.record(item_id) or await self.registry.get_item(item_id)
+        if record is None:
+            raise StoreUnavailableError(f"item {item_id!r} is known here but missing from Redis")
+        return record
 
     async def _mint_and_commit(self, job: MintJob, metadata: dict, deadline: float | None = None) -> CommitResult:
         """Mints (a repeat of known metadata text: straight to a numeric suffix of the ID that text

@@ -20,9 +20,9 @@ router = APIRouter(tags=["items"])
     "/v1/items",
     response_model=ItemCreated,
     status_code=201,
-    responses={200: {"model": ItemCreated, "description": "the item existed: its ID"},
-               **error_responses(400, 401, 403, 413, 415, 422, 429, 503)},
-    summary="Mint a unique textual ID for a new item (idempotent per item_id)",
+    responses={200: {"model": ItemCreated, "description": "the item existed, with the same metadata: its ID"},
+               **error_responses(400, 401, 403, 409, 413, 415, 422, 429, 503)},
+    summary="Mint a unique textual ID for a new item (idempotent per item_id and metadata)",
     dependencies=[Depends(write_access), Depends(require_json)],
 )
 async def create_item(body: ItemCreateRequest, request: Request, response: Response,

@@ -18,7 +18,7 @@ router = APIRouter(tags=["recommendations"])
 @router.post(
     "/v1/recommendations",
     response_model=RecommendationResponse,
-    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 499, 503),
     summary="Top-k next items for a history, or a user's stored one",
     dependencies=[Depends(read_access), Depends(require_json)],  # the token first; `key` below reuses its answer
 )

@@ -162,8 +162,8 @@ async def test_bundle_items_are_readable_and_not_reminted(client, bundle_path):
     assert body["textual_id"] == bundle_item.textual_id
     assert body["source"] == "bundle" and body["metadata"] is None and body["text"] == bundle_item.text
     again = await client.post("/v1/items", json={"item_id": bundle_item.item_id, "metadata": {"title": "x"}})
-    assert again.status_code == 200
-    assert again.json()["textual_id"] == bundle_item.textual_id
+    assert_error(again, 409, "item_conflict")  # its metadata were never posted: nothing to be the same as
+    assert (await client.get(f"/v1/items/{bundle_item.item_id}")).json() == body
 
 
 async def test_unknown_item_is_404(client):

@@ -47,11 +47,12 @@ async def test_the_attack_request_is_a_clear_422_and_writes_nothing(make_setting
 
 async def test_the_text_limit_is_checked_as_posted_not_after_the_cut(make_settings):
     """The 8,192-character limit once ran on the text cut to the bundle's max_text_chars (512
-    here), so it never fired. Words allowed, the same request now fails on the posted length."""
+    here), so it never fired. Words allowed, the same request now fails on the posted length
+    (413: a size, which the OpenAPI document cannot state)."""
     settings = make_settings(max_body_bytes=64 * 1024, max_metadata_word_chars=100_000)
     async with serve(settings) as (app, client):
         assert app.state.service.engine.max_text_chars < settings.max_metadata_chars
-        error = assert_error(await client.post("/v1/items", json=ATTACK), 422, "invalid_request")
+        error = assert_error(await client.post("/v1/items", json=ATTACK), 413, "payload_too_large")
         assert error["details"]["fields"][0]["field"] == "metadata"
         assert "over 8192 characters" in error["message"]
 
@@ -60,16 +61,23 @@ async def test_the_text_limit_is_checked_as_posted_not_after_the_cut(make_settin
     "overrides, metadata, field",
     [
         ({"max_metadata_value_chars": 100}, {"title": "fresh entry", "blurb": "word " * 30}, "metadata.blurb"),
-        ({"max_metadata_value_chars": 100}, {"tags": ["word"] * 30}, "metadata.tags"),  # a list counts joined
+        ({"max_metadata_value_chars": 100}, {"tags": ["word", "word " * 30]}, "metadata.tags"),  # each string
         ({"max_metadata_word_chars": 10}, {"title": "a-supercalifragilistic-word"}, "metadata.title"),
         ({"max_metadata_fields": 2}, {"a": "x", "b": "y", "c": "z"}, "metadata"),
-        ({"max_metadata_chars": 40}, {"a": "fresh entry " * 2, "b": "fresh entry " * 2}, "metadata"),
     ],
 )
 async def test_each_metadata_limit_names_its_field(make_settings, overrides, metadata, field):
     async with serve(make_settings(**overrides)) as (_app, client):
         error = assert_error(await client.post("/v1/items", json={"item_id": "x1", "metadata": metadata}), 422)
         assert error["details"]["fields"][0]["field"] == field
+
+
+async def test_the_item_text_limit_is_a_413_naming_the_metadata(make_settings):
+    async with serve(make_settings(max_metadata_chars=40)) as (_app, client):
+        metadata = {"a": "fresh entry " * 2, "b": "fresh entry " * 2}
+        response = await client.post("/v1/items", json={"item_id": "x1", "metadata": metadata})
+        error = assert_error(response, 413, "payload_too_large")
+        assert error["details"]["fields"][0]["field"] == "metadata"
 
 
 async def test_a_long_legal_value_mints_a_bounded_id(make_settings):

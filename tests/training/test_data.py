@@ -260,6 +260,12 @@ def test_flatten_item_text_truncates():
         flatten_item_text({"title": "x"}, max_chars=0)
 
 
+def test_flatten_item_text_truncated_is_never_empty_when_there_is_text():
+    """The cut drops a trailing separator, but never the whole text: metadata with text (the
+    service's rule for a new item) always give the generator something to read."""
+    assert flatten_item_text({" ": ";;;;;;;;;; words"}, max_chars=8) == ": ;;;;;;"
+
+
 # --------------------------------------------------------------------------- k-core and sequences
 
 
