@@ -138,7 +138,7 @@ def assert_grouped_by(train, length_of) -> None:
 
 
 def test_the_recommender_flag_groups_prompts_by_length(tokenizer):
-    split = split_with_varied_histories()
+    split = split_with_varied_histories(10)
     pairs = training_pairs(split, 20, None)
     item_tokens = {i: encode_text(tokenizer, f"{WORDS[n % 10]} {i}") for n, i in enumerate(ITEMS)}
 
