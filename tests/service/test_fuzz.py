@@ -60,6 +60,15 @@ def run_config(token: str | None) -> schemathesis.Config:
     return config
 
 
+def _state_machine_stuck(event) -> bool:
+    """Hypothesis' "No progress can be made from state ..." in the stateful phase: the random
+    walk reached a state where none of the links the document declares applies (e.g. only
+    POST /v1/items -> 200 was seen, whose links need another answer). A limit of the harness's
+    walk, not an answer of the service; the walk's requests were checked all the same."""
+    value = getattr(event, "value", None)
+    return type(value).__name__ == "InvalidDefinition" and "No progress can be made" in str(value)
+
+
 def run_all_phases(schema) -> tuple[list[str], set[str], int]:
     """Runs every phase: each failed check (operation, check, what it found, a curl that
     reproduces it) and each error, as text; the operations tested; the requests sent."""
@@ -75,7 +84,8 @@ def run_all_phases(schema) -> tuple[list[str], set[str], int]:
                         failures.append(f"{event.recorder.label} {check.name}: {failure.title}\n{failure.message}\n"
                                         f"{check.failure_info.code_sample}")
         elif isinstance(event, events.NonFatalError | events.FatalError):
-            failures.append(f"error: {event}")
+            if not _state_machine_stuck(event):
+                failures.append(f"error: {event}")
     return failures, tested, sent
 
 
