@@ -42,16 +42,49 @@ def first_decoder_step(model, encoder_hidden: torch.Tensor, mask: torch.Tensor):
 
 def _in_sorted(values: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
     """torch.isin(values, sorted_keys) for sorted keys, by binary search (about 2x faster here)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
     position = torch.searchsorted(sorted_keys, values).clamp_(max=sorted_keys.numel() - 1)
     return sorted_keys[position] == values
 
 
-def _pruned_node_keys(tables: TrieTables, exclude: Sequence[Sequence[int]] | None) -> torch.Tensor | None:
-    """Sorted keys `request * num_nodes + node` of the trie nodes each request must not enter."""
-    if not exclude or not any(exclude):
-        return None
-    keys = tables.dead_node_keys([items or [] for items in exclude])
-    return torch.from_numpy(keys) if keys.size else None
+@dataclass(frozen=True)
+class _Pruning:
+    """The trie nodes each request must not enter, as sorted keys `request * num_nodes + node`.
+
+    A request with an allowed set may enter only the nodes on its allowed, not excluded, items'
+    paths (`live`); any other request may enter every node whose items are not all excluded
+    (`dead`: the others). Either way no beam walks into a prefix that cannot end in an item the
+    request may get, so it gets k items whenever k qualify."""
+
+    dead: torch.Tensor | None  # keys of the requests without an allowed set
+    live: torch.Tensor | None  # keys of the requests with one
+    limited: torch.Tensor | None  # (requests,) bool: which requests have an allowed set
+
+    @classmethod
+    def of(cls, tables: TrieTables, requests: int, exclude: Sequence[Sequence[int]] | None,
+           allowed: Sequence[Sequence[int] | None] | None, device) -> "_Pruning | None":
+        limits = [allowed[r] if allowed and r < len(allowed) else None for r in range(requests)]
+        banned = [set(exclude[r]) if exclude and r < len(exclude) else set() for r in range(requests)]
+        dead = live = limited = None
+        if any(b and limit is None for b, limit in zip(banned, limits, strict=True)):
+            keys = tables.dead_node_keys([sorted(b) if limit is None else [] for b, limit in
+                                          zip(banned, limits, strict=True)])
+            dead = torch.from_numpy(keys).to(device) if keys.size else None
+        if any(limit is not None for limit in limits):
+            keys = tables.live_node_keys([[] if limit is None else [i for i in limit if i not in b]
+                                          for b, limit in zip(banned, limits, strict=True)])
+            live = torch.from_numpy(keys).to(device)
+            limited = torch.tensor([limit is not None for limit in limits], device=device)
+        return None if dead is None and live is None else cls(dead, live, limited)
+
+    def banned(self, keys: torch.Tensor, requests: torch.Tensor) -> torch.Tensor:
+        """Which of `keys` (request * num_nodes + child, any shape) must not be entered;
+        `requests`: the request of each row of `keys`, shaped to broadcast against it."""
+        out = _in_sorted(keys, self.dead) if self.dead is not None else torch.zeros_like(keys, dtype=torch.bool)
+        if self.live is not None:
+            out |= self.limited[requests] & ~_in_sorted(keys, self.live)
+        return out
 
 
 def constrained_candidates(
@@ -122,8 +155,11 @@ def constrained_beam_search(
     k: int,
     exclude: Sequence[Sequence[int]] | None = None,
     profile: SearchProfile | None = None,
+    allowed: Sequence[Sequence[int] | None] | None = None,
 ) -> list[list[ScoredItem]]:
-    """Top-k items per prompt. `exclude[r]`: item indices request r must not return.
+    """Top-k items per prompt. `exclude[r]`: item indices request r must not return;
+    `allowed[r]`: the only item indices it may return (None: any). Both prune the trie (see
+    `_Pruning`), so a request gets k items whenever k qualify.
 
     Scores are read only at the trie's allowed (beam, token) edges (a padded (beams, widest
     node) gather) and ranked by one top-k per request; no (beams x vocab) mask is built.
@@ -141,8 +177,7 @@ def constrained_beam_search(
         return []
     device = next(model.parameters()).device
     tables = tables.to(device)
-    pruned = _pruned_node_keys(tables, exclude)
-    pruned = pruned.to(device) if pruned is not None else None
+    pruning = _Pruning.of(tables, requests, exclude, allowed, device)
     B = num_beams
     num_nodes = tables.num_nodes
 
@@ -163,9 +198,10 @@ def constrained_beam_search(
     # (R, E0): the dense first level (the output head and its normaliser count as the model's)
     edge_scores = decoder.token_log_probs(hidden, root_tokens.expand(requests, -1))
     t0 = profile.sync(device) if profile else 0.0  # the constraint's time starts here
-    if pruned is not None:
-        keys = torch.arange(requests, device=device)[:, None] * num_nodes + root_children[None, :]
-        edge_scores = edge_scores.masked_fill(_in_sorted(keys, pruned), float("-inf"))
+    if pruning is not None:
+        rows = torch.arange(requests, device=device)[:, None]
+        edge_scores = edge_scores.masked_fill(pruning.banned(rows * num_nodes + root_children[None, :], rows),
+                                              float("-inf"))
     width = edge_scores.shape[1]
     if width < 2 * B:
         edge_scores = torch.cat([edge_scores, edge_scores.new_full((requests, 2 * B - width), float("-inf"))], 1)
@@ -247,9 +283,9 @@ def constrained_beam_search(
             return found
 
         banned = None
-        if pruned is not None:
-            request_keys = (active * num_nodes).repeat_interleave(B)[:, None]
-            banned = lambda children, keys=request_keys: _in_sorted(keys + children, pruned)  # noqa: E731
+        if pruning is not None:
+            rows = active.repeat_interleave(B)[:, None]
+            banned = lambda children, rows=rows: pruning.banned(rows * num_nodes + children, rows)  # noqa: E731
         top_scores, top_token, top_child, top_parent = constrained_candidates(
             tables, nodes, read_log_probs, running_scores, B, banned
         )
@@ -278,10 +314,16 @@ def reference_generate_topk(
     num_beams: int,
     k: int,
     exclude: Sequence[Sequence[int]] | None = None,
+    allowed: Sequence[Sequence[int] | None] | None = None,
 ) -> list[list[ScoredItem]]:
-    """The paper code's way: `generate` with a Python `prefix_allowed_tokens_fn` per beam and step."""
+    """The paper code's way: `generate` with a Python `prefix_allowed_tokens_fn` per beam and step.
+    An `allowed` set is applied as the exclusion of every other item."""
     config = model.config
     eos, pad = config.eos_token_id, config.pad_token_id
+    if allowed is not None and any(a is not None for a in allowed):
+        everything = set(range(len(trie)))
+        exclude = [sorted(set(exclude[r] if exclude else ()) | (everything - set(a) if a is not None else set()))
+                   for r, a in enumerate(allowed)]
     request_tries = [trie] * len(input_ids)
     for request, items in enumerate(exclude or []):
         if items:  # a trie without the excluded IDs: no prefix can lead only to them

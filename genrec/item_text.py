@@ -10,10 +10,49 @@ TITLE_FIELDS = ("title", "movie_title", "name")
 # Raw field names (ml-100k's atomic files) -> readable labels for the item text.
 _FIELD_LABELS = {"movie_title": "title", "release_year": "year", "class": "genres"}
 _WS = re.compile(r"\s+")
+# The labels title-like fields get in the flattened text, and a field of that text: its label, its
+# value up to the next "; label: " (or the end).
+_TITLE_LABELS = tuple(dict.fromkeys(_FIELD_LABELS.get(f, f) for f in TITLE_FIELDS))
+_LEADING_FIELD = re.compile(r"([^;:]+): (.*?)(?:; [^;:]+: |$)")
 
 
 def _collapse(text: str) -> str:
     return _WS.sub(" ", text).strip()
+
+
+def field_label(field: str) -> str:
+    """The label a metadata field gets in the item text (ml-100k's movie_title -> title)."""
+    return _collapse(_FIELD_LABELS.get(field, field.replace("_", " ")))
+
+
+def flatten_metadata(metadata: Mapping) -> dict[str, str]:
+    """Posted metadata (strings, numbers, lists of strings) as string values."""
+    flat: dict[str, str] = {}
+    for key, value in metadata.items():
+        if isinstance(value, list):
+            flat[key] = " ".join(str(v) for v in value)
+        elif isinstance(value, float) and value.is_integer():
+            flat[key] = str(int(value))
+        else:
+            flat[key] = str(value)
+    return flat
+
+
+def item_text_fields(text: str) -> dict[str, str]:
+    """The fields of a flattened item text, {label: value}: the inverse of `flatten_item_text`
+    for the bundle's items, whose metadata the bundle keeps only as this text. A "; " that is
+    not followed by "label: " stays inside the value; a value that itself holds "; word: "
+    reads as two fields, and a text truncated to max_chars loses its tail."""
+    fields: dict[str, str] = {}
+    label = None
+    for part in text.split("; "):
+        name, sep, value = part.partition(": ")
+        if sep and name.strip() and name == _collapse(name):
+            label = name
+            fields[label] = f"{fields[label]} {value}" if label in fields else value
+        elif label is not None:
+            fields[label] += f"; {part}"
+    return fields
 
 
 def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None) -> str:
@@ -32,11 +71,23 @@ def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None)
         value = _collapse(str(metadata[field]))
         if not value:
             continue
-        label = _FIELD_LABELS.get(field, field.replace("_", " "))
-        parts.append(f"{_collapse(label)}: {value}")
+        parts.append(f"{field_label(field)}: {value}")
     text = "; ".join(parts)
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars].rstrip(" ;:") or text[:max_chars]  # never empty when there was text
+    return text
+
+
+def item_title(text: str) -> str:
+    """An item's title, read back from its flattened text: the value of the leading title-like
+    field ('Toy Story (1995)' of 'title: Toy Story (1995); year: 1995'), else the whole text.
+
+    flatten_item_text puts title-like fields first, so bundle items (which keep only their text)
+    and minted ones get their title the same way. A title holding '; x: ' is cut there.
+    """
+    found = _LEADING_FIELD.match(text)
+    if found is not None and found.group(1) in _TITLE_LABELS and found.group(2):
+        return found.group(2)
     return text
 
 

@@ -10,7 +10,8 @@ Every method:
 - loads itself from a bundle (`load`), reading its settings through the typed config that
   training wrote (`genrec.config.TrainConfig`), so defaults cannot drift between the two;
 - recommends top-k items for a batch of queries (`recommend`), never returning an item of a
-  query's `exclude`;
+  query's `exclude`, nor, when the query has an `allowed` set, an item outside it; both prune
+  the search (dead trie subtrees, masked score rows), so a query gets k items whenever k qualify;
 - makes a new item known (`mint`): gives it a unique textual ID, claimed through the caller's
   `claim(textual_id) -> bool` (a set in training, Redis `SET NX` in the service), and says with
   `new_items_recommendable` whether such an item can be recommended before retraining.
@@ -36,6 +37,10 @@ class Query:
 
     history: Sequence[str]
     exclude: Collection[str] = ()  # item ids that must not be recommended (e.g. the history)
+    # The only item ids that may be recommended (e.g. those a request's filter lets through);
+    # None: every item. A set the size of what qualifies, not of the catalog: a narrow filter
+    # on a large catalog stays cheap (its complement, as `exclude`, would not).
+    allowed: Collection[str] | None = None
     user_id: str | None = None  # the caller's user id; methods with a user vocabulary use it
     # Items the user is described by, for methods that derive a user representation from items
     # (IDGenRec's textual user IDs); None: the history. Evaluation passes the training part.
@@ -96,7 +101,8 @@ class Method(ABC):
         trie: TextualIdTrie,
         cache: UserIdCache | None = None,
     ) -> list[list[Recommendation]]:
-        """Top-k per query, best first, none of a query's `exclude`. `trie` holds every item the
+        """Top-k per query, best first, none of a query's `exclude` and, when it has an `allowed`
+        set, only items of it; fewer than k only when fewer qualify. `trie` holds every item the
         caller knows (the bundle's and the minted ones, by textual ID); methods that score their
         own item table use it only to know new items."""
 

@@ -20,12 +20,13 @@ def popularity_ranking(counts: Mapping[str, int]) -> list[str]:
     return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def top_unseen(ranked: Iterable[str], seen: Collection[str], k: int) -> list[str]:
-    """The first k of `ranked` that are not in `seen`."""
+def top_unseen(ranked: Iterable[str], seen: Collection[str], k: int,
+               allowed: Collection[str] | None = None) -> list[str]:
+    """The first k of `ranked` that are not in `seen` (and, given `allowed`, are in it)."""
     banned = set(seen)
     out: list[str] = []
     for item in ranked:
-        if item not in banned:
+        if item not in banned and (allowed is None or item in allowed):
             out.append(item)
             if len(out) == k:
                 break
@@ -34,7 +35,7 @@ def top_unseen(ranked: Iterable[str], seen: Collection[str], k: int) -> list[str
 
 class PopularItems:
     """A bundle's popularity list as a recommender: the top-k items by training interactions,
-    none of a query's `exclude`. An item's score is its share of the training interactions
+    none of a query's `exclude` and, when it has one, all of its `allowed` set. An item's score is its share of the training interactions
     (its count over all of them), in (0, 1]: comparable across bundles, unlike a raw count."""
 
     def __init__(self, counts: Sequence[tuple[str, int]]):
@@ -48,4 +49,4 @@ class PopularItems:
 
     def recommend(self, query: Query, k: int) -> list[Recommendation]:
         """The top-k for one query (its history is not read: it is empty when this is asked)."""
-        return [Recommendation(item, self.shares[item]) for item in top_unseen(self.ranked, query.exclude, k)]
+        return [Recommendation(item, self.shares[item]) for item in top_unseen(self.ranked, query.exclude, k, query.allowed)]

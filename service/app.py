@@ -15,7 +15,7 @@ from .dependencies import read_access, write_access
 from .errors import install_error_handlers
 from .middleware import BodySizeLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from .openapi import apply_settings, mark_secured, setting_keywords
-from .routes import ROUTERS, docs
+from .routes import ROUTERS, docs, page
 from .settings import Settings
 from .state import ServiceState, lifespan
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
-    for router in (*ROUTERS, docs.router):
+    for router in (*ROUTERS, docs.router, page.router):
         app.include_router(router)
     _serve_exact_document(app, settings)
     return app

@@ -1,5 +1,5 @@
-"""The replica's in-memory catalog: the textual-ID trie (marisa base + overlay of minted items)
-and item lookups, plus the follower that learns other replicas' minted items from Redis.
+"""The replica's in-memory catalog: the textual-ID trie (marisa base + overlay of minted items),
+item lookups and the title search index, plus the follower that learns other replicas' minted items from Redis.
 
 Folding: `TextualIdTrie` keeps the bundle's items in an immutable marisa trie and minted ones
 in an overlay. `fold()` builds a new trie whose base holds every item, in the same index order,
@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from genrec.bundle import BundleItem
+from genrec.item_text import flatten_item_text, flatten_metadata, item_title
 from genrec.trie import TextualIdTrie
 
+from .filters import FilterIndex
 from .redis_clients import STORE_ERRORS
 from .registry import ItemRecord, MintedEvent, Registry
+from .title_search import TitleIndex
 
 log = logging.getLogger("service.catalog")
 
@@ -33,6 +36,8 @@ class Catalog:
         self._bundle_text: dict[str, str] = {i.item_id: i.text for i in items}
         self._records: dict[str, ItemRecord] = {}  # minted items whose whole record was seen
         self._entries: dict[str, str] = {}  # minted item -> id of its latest events stream entry
+        self._filters = FilterIndex.of_bundle(items)  # what request filters match, updated with the trie
+        self._titles = TitleIndex((i.item_id, item_title(i.text)) for i in items)
         self._write_lock = threading.Lock()  # adds and the swap of a fold
         self._fold_lock = threading.Lock()  # one fold at a time
         self.folds = 0
@@ -85,20 +90,45 @@ class Catalog:
         later = [(order, item) for item, entry in list(self._entries.items()) if (order := _entry_order(entry)) > after]
         return [item for _order, item in sorted(later)]
 
+    def search(self, query: str, limit: int) -> list[tuple[str, str]]:
+        """(item id, title) of up to `limit` items whose titles match `query` (service/title_search.py)."""
+        return self._titles.search(query, limit)
+
     def unknown(self, item_ids: Iterable[str]) -> list[str]:
         """The ids (first occurrence order, no repeats) that the catalog does not hold."""
         return [i for i in dict.fromkeys(item_ids) if i not in self._textual]
 
-    def add(self, item_id: str, textual_id: str, token_ids: Sequence[int]) -> bool:
-        """Adds a minted item (idempotent); True when it was new. ValueError on a conflict."""
+    def add(self, item_id: str, textual_id: str, token_ids: Sequence[int], metadata: Mapping | None = None) -> bool:
+        """Adds a minted item (idempotent) to the trie, and its posted metadata to the filter index
+        and the title search, at once; True when it was new. ValueError on a conflict. An item
+        first known without its metadata (an events entry of an older version, a restore of an ID
+        alone) is indexed when a later add brings it."""
         with self._write_lock:
-            if item_id in self._textual:
-                if self._textual[item_id] != textual_id:
-                    raise ValueError(f"item {item_id!r} already has the textual ID {self._textual[item_id]!r}")
-                return False
-            self._trie.add(item_id, token_ids)
-            self._textual[item_id] = textual_id
-            return True
+            known = self._textual.get(item_id)
+            if known is not None and known != textual_id:
+                raise ValueError(f"item {item_id!r} already has the textual ID {known!r}")
+            if known is None:
+                self._trie.add(item_id, token_ids)
+                self._textual[item_id] = textual_id
+            if metadata:
+                self._filters.add(item_id, metadata)
+                self._titles.add(item_id, item_title(flatten_item_text(flatten_metadata(metadata))))
+            return known is None
+
+    @property
+    def filter_fields(self) -> list[str]:
+        """The metadata fields a filter may name (some item has them), sorted."""
+        with self._write_lock:
+            return self._filters.fields
+
+    def unknown_filter_fields(self, fields: Iterable[str]) -> list[str]:
+        with self._write_lock:
+            return self._filters.unknown_fields(fields)
+
+    def matching(self, query: Mapping[str, Sequence[str]]) -> frozenset[str]:
+        """Ids of the items that qualify for a request's filter (a new set: the caller owns it)."""
+        with self._write_lock:
+            return self._filters.matching(query)
 
     def fold(self) -> bool:
         """Rebuilds the trie with the overlay folded into its marisa base; safe while decodes
@@ -182,7 +212,7 @@ class EventFollower:
                 continue
             self.catalog.note_entry(event.item_id, event.entry_id)
             try:
-                if self.catalog.add(event.item_id, event.textual_id, event.token_ids):
+                if self.catalog.add(event.item_id, event.textual_id, event.token_ids, event.metadata):
                     added += 1
                     if self.on_added is not None:
                         self.on_added(event)

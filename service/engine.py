@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from genrec.bundle import Bundle
-from genrec.item_text import flatten_item_text, metadata_values_text
+from genrec.item_text import flatten_item_text, flatten_metadata, metadata_values_text
 from genrec.method import Method, NewItem, Query, Recommendation, RuntimeOptions, load_method
 from genrec.popular import PopularItems
 from genrec.textual_ids import MintedId, suffixed_id
@@ -36,9 +36,12 @@ class RecommendJob:
     k: int
     exclude_history: bool
     user_id: str | None = None
+    exclude_items: tuple[str, ...] = ()  # the request's exclude_items
+    allowed: frozenset[str] | None = None  # the items its filter lets through (None: no filter)
 
     def query(self) -> Query:
-        return Query(history=self.history, exclude=self.history if self.exclude_history else (), user_id=self.user_id)
+        exclude = (*self.history, *self.exclude_items) if self.exclude_history else self.exclude_items
+        return Query(history=self.history, exclude=exclude, user_id=self.user_id, allowed=self.allowed)
 
 
 @dataclass(frozen=True)
@@ -180,19 +183,6 @@ class Engine:
 
     def trie_key(self, minted: MintedId) -> list[int]:
         return list(minted.token_ids) + [self.eos_token_id]
-
-
-def flatten_metadata(metadata: dict) -> dict[str, str]:
-    """Request metadata (strings, numbers, lists of strings) as string values."""
-    flat: dict[str, str] = {}
-    for key, value in metadata.items():
-        if isinstance(value, list):
-            flat[key] = " ".join(str(v) for v in value)
-        elif isinstance(value, float) and value.is_integer():
-            flat[key] = str(int(value))
-        else:
-            flat[key] = str(value)
-    return flat
 
 
 def texts_for(metadata: dict, max_chars: int | None) -> tuple[str, str]:

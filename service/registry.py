@@ -8,7 +8,8 @@ so the keys of one catalog share a slot: its multi-key scripts stay legal on a c
     item:<item_id>    -> hash {textual_id, token_ids (JSON, EOS included), text,
                                metadata (JSON; "" for bundle items), created_at, source,
                                replica (minted items: which replica minted it)}
-    events            -> stream, one entry {item_id, textual_id, token_ids, replica} per minted item
+    events            -> stream, one entry {item_id, textual_id, token_ids, replica, metadata (JSON)}
+                         per minted item (the metadata: so every replica can filter on it at once)
     seeded            -> digest of the bundle whose items were seeded
     uid:<digest>      -> a cached textual user ID (expires)
     confirm           -> written before a WAIT that confirms an existing item (wait_replicas)
@@ -101,7 +102,7 @@ redis.call('SET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'textual_id', ARGV[3], 'token_ids', ARGV[4], 'text', ARGV[5],
            'metadata', ARGV[6], 'created_at', ARGV[7], 'source', 'minted', 'replica', ARGV[8])
 return {1, redis.call('XADD', KEYS[3], '*', 'item_id', ARGV[2], 'textual_id', ARGV[3],
-                      'token_ids', ARGV[4], 'replica', ARGV[8])}
+                      'token_ids', ARGV[4], 'replica', ARGV[8], 'metadata', ARGV[6])}
 """
 
 # Metadata text minted before: its ID's base and the next suffix number (HINCRBY), or nil. ARGV[1]:
@@ -150,6 +151,7 @@ class MintedEvent:
     textual_id: str
     token_ids: list[int]
     replica: str = ""  # id of the replica that minted it
+    metadata: dict | None = None  # as posted; None when the entry lacks it (older entries)
 
 
 @dataclass(frozen=True)
@@ -603,7 +605,18 @@ def _event(entry_id: str, fields: dict[str, str]) -> MintedEvent:
         textual_id=fields.get("textual_id", ""),
         token_ids=token_ids,
         replica=fields.get("replica", ""),
+        metadata=_metadata(fields.get("metadata")),
     )
+
+
+def _metadata(raw: str | None) -> dict | None:
+    """A stream entry's metadata; None when it is absent or malformed (the item is still added,
+    it only matches no filter)."""
+    try:
+        metadata = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _parse_token_list(raw: str | bytes | None) -> list[int] | None:

@@ -23,6 +23,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from .filters import WORD_PATTERN
+
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
 # no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
 # numbers, integers or not, keep within it.
@@ -141,6 +143,24 @@ MetadataValue = Annotated[
 ]
 
 
+# Caps on a request's filters, shown in the schema (docs/api.md, "Filters").
+MAX_EXCLUDE_ITEMS = 1000
+MAX_FILTER_FIELDS = 8
+MAX_FILTER_VALUES = 32
+
+FilterField = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
+FilterWord = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=rf"^{WORD_PATTERN}$",
+        description="one whole word: letters, digits and underscores, which may be joined by single "
+        "apostrophes or hyphens (Children's, Sci-Fi); matched case-insensitively",
+    ),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -163,12 +183,35 @@ class RecommendationRequest(_Strict):
     k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)",
                          json_schema_extra=set_by("max_k"))
     exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
+    exclude_items: list[ItemId] = Field(
+        [],
+        max_length=MAX_EXCLUDE_ITEMS,
+        description="item ids never to recommend (e.g. out of stock); each must be in the catalog "
+        "(unknown ids: 422 unknown_items). Excluded inside the search: the answer still has k items "
+        "whenever k others qualify.",
+    )
+    filter: dict[FilterField, Annotated[list[FilterWord], Field(min_length=1, max_length=MAX_FILTER_VALUES)]] | None = (
+        Field(
+            None,
+            min_length=1,
+            max_length=MAX_FILTER_FIELDS,
+            description="only items whose metadata field holds one of the listed words, as a whole word, "
+            "case-insensitively; several fields must all match (AND), several words of a field are "
+            "alternatives (OR). Fields: the bundle items' item-text fields (e.g. title, year, genres) and "
+            "the keys of minted items' metadata; a field no item has: 422 unknown_filter_field. Applied "
+            "inside the search: the answer still has k items whenever k qualify.",
+            examples=[{"genres": ["Comedy", "Animation"]}],
+        )
+    )
 
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
-        json_schema_extra={"examples": [{"history": ["1", "50", "181"], "k": 10, "exclude_history": True},
-                                        {"user_id": "42", "k": 10}]},
+        json_schema_extra={"examples": [
+            {"history": ["1", "50", "181"], "k": 10, "exclude_history": True},
+            {"history": ["1", "50", "181"], "k": 5, "exclude_items": ["405"], "filter": {"genres": ["Comedy"]}},
+            {"user_id": "42", "k": 10},
+        ]},
     )
 
 
@@ -338,6 +381,29 @@ class UserEventsResponse(BaseModel):
         json_schema_extra={
             "examples": [{"user_id": "42", "events": [{"item_id": "1", "timestamp": 1732350000.0},
                                                       {"item_id": "50", "timestamp": 1732350061.25}]}]
+        }
+    )
+
+
+SEARCH_MAX_LIMIT = 100  # most items one title search answers
+
+
+class ItemSearchHit(BaseModel):
+    item_id: str
+    textual_id: str
+    title: str = Field(description="the item's title field (title, movie_title or name), else its whole text")
+    recommendable: bool = Field(description="whether recommendations can return the item (see ItemCreated)")
+
+
+class ItemSearchResponse(BaseModel):
+    items: list[ItemSearchHit] = Field(description="the matching items in catalog order, at most `limit`")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"items": [{"item_id": "50", "textual_id": "star wars", "title": "Star Wars (1977)",
+                            "recommendable": True}]}
+            ]
         }
     )
 

@@ -47,6 +47,8 @@ from .schemas import (
     EventsRequest,
     ItemCreateRequest,
     ItemRecordResponse,
+    ItemSearchHit,
+    ItemSearchResponse,
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
@@ -57,6 +59,8 @@ from .settings import Settings
 from .user_events import UserEvent, UserEventStore
 
 log = logging.getLogger("service")
+
+MAX_LISTED_FIELDS = 50  # filter fields an unknown_filter_field error lists at most
 
 
 def bundle_digest(bundle: Bundle) -> str:
@@ -343,7 +347,9 @@ class ServiceState:
             history = await self._stored_history(body.user_id)
         else:
             history = []
-        job = RecommendJob(tuple(history), body.k, body.exclude_history, body.user_id)
+        await self._check_known(body.exclude_items, "exclude_items")
+        job = RecommendJob(tuple(history), body.k, body.exclude_history, body.user_id,
+                           exclude_items=tuple(body.exclude_items), allowed=self._filtered(body.filter))
         if history:
             strategy = "model"
             rows = await self._queued(self.recommend_batcher.submit(job, deadline), deadline, gone)
@@ -356,9 +362,10 @@ class ServiceState:
         ]
         return RecommendationResponse(items=items, model=self.model_info, strategy=strategy)
 
-    async def _check_known(self, item_ids: Sequence[str], store_needed: bool = False) -> None:
-        """422 `unknown_items` naming the ids that neither this replica nor Redis knows; with
-        `store_needed` (the request writes to Redis anyway), 503 when Redis could not be asked."""
+    async def _check_known(self, item_ids: Sequence[str], field: str = "", store_needed: bool = False) -> None:
+        """422 `unknown_items` naming the ids (of the history, or of `field`) that neither this
+        replica nor Redis knows; with `store_needed` (the request writes to Redis anyway), 503
+        when Redis could not be asked."""
         missing = self.catalog.unknown(item_ids)
         asked = True
         if missing:
@@ -367,8 +374,9 @@ class ServiceState:
             raise _events_unavailable("the events' items cannot be checked now")
         if missing:
             unchecked = "" if asked else " (the item registry could not be asked; try again later)"
-            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s) are not in the catalog{unchecked}",
-                           {"item_ids": missing})
+            where = f" in {field}" if field else ""
+            raise ApiError(422, "unknown_items", f"{len(missing)} item id(s){where} are not in the catalog{unchecked}",
+                           {"item_ids": missing, **({"field": field} if field else {})})
 
     async def _stored_history(self, user_id: str) -> list[str]:
         """The latest GENREC_MAX_HISTORY stored items of the user, oldest first. They were known
@@ -412,6 +420,20 @@ class ServiceState:
         events = await self._read_events(user_id)
         return UserEventsResponse(user_id=user_id,
                                   events=[StoredEvent(item_id=e.item_id, timestamp=e.timestamp) for e in events])
+
+    def _filtered(self, query: dict[str, list[str]] | None) -> frozenset[str] | None:
+        """The items a request's filter lets through (None: no filter), from the catalog's filter
+        index; 422 unknown_filter_field when a field is one no item has."""
+        if query is None:
+            return None
+        unknown = self.catalog.unknown_filter_fields(query)
+        if unknown:
+            known = self.catalog.filter_fields
+            raise ApiError(422, "unknown_filter_field",
+                           f"no item has the filter field(s) {', '.join(map(repr, unknown))}; "
+                           f"the fields are: {', '.join(known[:MAX_LISTED_FIELDS])}",
+                           {"fields": unknown, "known_fields": known[:MAX_LISTED_FIELDS]})
+        return self.catalog.matching(query)
 
     async def _queued(self, submitted: Awaitable, deadline: float | None, gone: asyncio.Event | None = None):
         """The result of a batcher submit, or the API error that sheds it: 503 when the queue is
@@ -584,7 +606,7 @@ class ServiceState:
 
     def _learn(self, record: ItemRecord) -> None:
         try:
-            if self.catalog.add(record.item_id, record.textual_id, record.token_ids):
+            if self.catalog.add(record.item_id, record.textual_id, record.token_ids, record.metadata):
                 self._after_add(followed=False, count=False)
         except ValueError as exc:
             log.error("item %r cannot join the trie: %s", record.item_id, exc)
@@ -613,6 +635,15 @@ class ServiceState:
         if record.source == "minted" and record.item_id in self.catalog:
             self.catalog.remember(record)
         return self._item_response(record)
+
+    def search_items(self, query: str, limit: int) -> ItemSearchResponse:
+        """Items whose titles match `query`, from memory (service/title_search.py)."""
+        hits = [
+            ItemSearchHit(item_id=item_id, textual_id=self.catalog.textual_id(item_id) or "", title=title,
+                          recommendable=self.engine.is_recommendable(item_id))
+            for item_id, title in self.catalog.search(query, limit)
+        ]
+        return ItemSearchResponse(items=hits)
 
     def _item_response(self, record: ItemRecord, partial: bool = False) -> ItemRecordResponse:
         return ItemRecordResponse(

@@ -192,10 +192,12 @@ def id_phase(
     user_tokens: Callable[[str, list[str]], list[int] | None] | None = None,
     seed: int = 0,
     grad_clip: float = 1.0,
+    length_grouped: bool = False,
     progress: bool = True,
 ) -> list[float]:
     """Trains the generator through soft IDs with the recommender frozen; mean loss per epoch.
     Every rank runs the same phase (no sharding); rank 0's weights are broadcast afterwards.
+    `length_grouped`: batches of histories of similar lengths (their prompts pad alike).
 
     For every batch of prompts, all distinct history items are decoded in one generator call,
     len(current hard ID) positions each; the soft embeddings replace the hard ones at the items'
@@ -218,6 +220,7 @@ def id_phase(
         losses = fit(
             generator, epochs=epochs, examples=examples, collate=list, batch_size=batch_size, lr=lr,
             decay=False, grad_clip=grad_clip, shuffle=False, distributed=False, desc="ID phase", progress=progress,
+            length=history_length if length_grouped else None,
             loss=lambda model, batch: id_phase_loss(
                 model, recommender_model, embedding, renderer, batch, item_tokens, item_sources,
                 templates=templates, rng=epoch_rng["rng"], first_template_share=first_template_share,
@@ -226,6 +229,11 @@ def id_phase(
         )["loss"]
     generator.eval()
     return losses
+
+
+def history_length(pair: Pair) -> int:
+    """How long a pair's prompt is, up to the template: its number of history items."""
+    return len(pair[1])
 
 
 def id_phase_loss(
@@ -322,7 +330,7 @@ def train_alternating(
                 templates=templates, first_template_share=config.recommender.test_template_share,
                 max_source_length=config.recommender.max_source_length, max_pairs=alt.id_phase_max_pairs,
                 user_tokens=user_ids, seed=config.seed + 31 * (id_index + 1), grad_clip=config.recommender.grad_clip,
-                progress=progress,
+                length_grouped=config.recommender.length_grouped, progress=progress,
             )
             _sync_from_rank0(generator)
             previous = ids

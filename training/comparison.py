@@ -246,7 +246,7 @@ def plot(summary: dict, path: Path) -> Path:
         colors = ["tab:grey" if r["baseline"] else "tab:blue" for r in rows]
         ax.barh(names, values, xerr=[low, high], color=colors, capsize=3)
         ax.invert_yaxis()
-        ax.set(title=f"test NDCG@10, {title} (95% CI)", xlabel="NDCG@10")
+        ax.set(title=f"test NDCG@10 with its 95% CI\n{title}", xlabel="NDCG@10")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

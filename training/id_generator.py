@@ -11,9 +11,11 @@ from .seq2seq import Example, train_epochs
 
 def warm_up_generator(
     model, tokenizer, texts: list[str], keywords: list[str], *, epochs: int, lr: float, batch_size: int,
-    seed: int, max_source_length: int = 256, progress: bool = True, log=None,
+    seed: int, max_source_length: int = 256, length_grouped: bool = False, on_batch=None, progress: bool = True,
+    log=None,
 ) -> list[float]:
-    """Teaches the generator to turn item text into its distinctive words (docs/methods.md, "IDGenRec")."""
+    """Teaches the generator to turn item text into its distinctive words (docs/methods.md, "IDGenRec").
+    `length_grouped` and `on_batch`: as in training.seq2seq.train_epochs."""
     eos = tokenizer.eos_token_id
     examples = [
         Example(source=encode_text(tokenizer, t)[: max_source_length - 1] + [eos], target=encode_text(tokenizer, k) + [eos])
@@ -28,6 +30,8 @@ def warm_up_generator(
         pad_token_id=tokenizer.pad_token_id,
         seed=seed,
         warmup_steps=20,
+        length_grouped=length_grouped,
+        on_batch=on_batch,
         desc="ID generator warm-up",
         progress=progress,
         log=log,

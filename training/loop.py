@@ -8,6 +8,10 @@ or re-masked per epoch if the method wants), `collate(examples) -> batch` and
 epoch too). Under torchrun each rank trains on its own shard of every epoch's examples and
 DDP averages the gradients; `loss` receives the DDP-wrapped model, so it must call the model
 (its forward) for the gradients to be synchronised.
+
+With `length(example)` given, each epoch's batches are grouped by length
+(`length_grouped_batches`): a batch pads to its longest example, so batches of similar lengths
+waste less compute on padding, while the batches themselves still come in random order.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ def distributed_world() -> tuple[int, int]:
     return 0, 1
 
 
-def shard_indices(count: int, epoch: int, seed: int, shuffle: bool = True) -> list[int]:
+def shard_indices(count: int, epoch: int, seed: int, shuffle: bool = True,
+                  rank_world: tuple[int, int] | None = None) -> list[int]:
     """This process's share of an epoch's examples (shuffled per epoch unless `shuffle` is off);
     every rank gets the same number (the order is padded by wrapping, like DistributedSampler)
-    so the ranks stay in step."""
-    rank, world = distributed_world()
+    so the ranks stay in step. `rank_world`: (rank, world size), default this process's."""
+    rank, world = rank_world or distributed_world()
     order = list(range(count))
     if shuffle:
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
@@ -48,6 +53,37 @@ def shard_indices(count: int, epoch: int, seed: int, shuffle: bool = True) -> li
         order = (order * 2)[: per_rank * world]
         order = order[rank::world]
     return order
+
+
+GROUP_CHUNK_BATCHES = 50  # batches per sorted chunk: lengths even out, batches stay random samples
+
+
+def length_grouped_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int, rng: random.Random,
+                           chunk_batches: int = GROUP_CHUNK_BATCHES) -> list[list[int]]:
+    """`order` (an epoch's shuffled share of the examples) as batches of similar lengths:
+    cut into chunks of `chunk_batches` batches, each chunk sorted by length (`lengths[k]` is
+    the length of `order[k]`; ties keep their order), cut into batches of `batch_size`; the
+    batches shuffled, a short last batch kept last. Every example is in exactly one batch, and
+    ranks with equal shares and the same `rng` get batches of the same sizes in the same places."""
+    if len(lengths) != len(order):
+        raise ValueError(f"{len(lengths)} lengths for {len(order)} examples")
+    chunk = batch_size * chunk_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), chunk):
+        part = sorted(range(start, min(start + chunk, len(order))), key=lambda k: lengths[k])
+        batches += [[order[k] for k in part[i : i + batch_size]] for i in range(0, len(part), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    rng.shuffle(batches)
+    return batches + short
+
+
+def epoch_batches(order: list[int], batch_size: int, lengths: Sequence[int] | None, seed: int,
+                  epoch: int) -> list[list[int]]:
+    """An epoch's batches: `order` cut as it comes, or grouped by `lengths` (deterministic per
+    seed and epoch)."""
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return length_grouped_batches(order, lengths, batch_size, random.Random(f"length-grouped:{seed}:{epoch}"))
 
 
 def linear_warmup_decay(step: int, warmup: int, total: int, decay: bool = True) -> float:
@@ -77,6 +113,7 @@ def fit(
     shuffle: bool = True,
     distributed: bool = True,
     parameters: Iterable[torch.nn.Parameter] | None = None,
+    length: Callable[[T], int] | None = None,
     after_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
     on_batch: Callable[[int, list[int]], None] | None = None,
     desc: str = "training",
@@ -89,7 +126,9 @@ def fit(
     `shuffle=False` takes each epoch's examples in the order given (the phase shuffled them
     itself). `distributed=False` keeps the model unwrapped and every rank on all examples (a
     phase whose ranks must do the same work). `parameters`: what the optimizer updates
-    (default: every parameter that requires a gradient). `after_epoch(epoch, means)` runs on
+    (default: every parameter that requires a gradient). `length(example)`: group each epoch's
+    batches by it (`length_grouped_batches`; None: batches cut from the epoch's order as it
+    comes). `after_epoch(epoch, means)` runs on
     every rank after each epoch (validation, keeping the best weights); returning True stops
     the training there (early stopping). `on_batch(epoch, indices)`
     gets, for every batch, the indices into that epoch's examples the batch was collated from:
@@ -124,9 +163,10 @@ def fit(
         counts: dict[str, int] = {"loss": 0}  # a named part is averaged over the steps that report it
         steps = 0
         started = time.perf_counter()
-        bar = progress_bar(range(0, len(order), batch_size), desc=f"{desc} {epoch + 1}/{epochs}", enabled=show)
-        for start in bar:
-            indices = order[start : start + batch_size]
+        lengths = [length(epoch_examples[i]) for i in order] if length is not None else None
+        batches = epoch_batches(order, batch_size, lengths, seed, epoch)
+        bar = progress_bar(batches, desc=f"{desc} {epoch + 1}/{epochs}", enabled=show)
+        for indices in bar:
             if on_batch is not None:
                 on_batch(epoch, list(indices))
             batch = collate([epoch_examples[i] for i in indices])

@@ -65,6 +65,15 @@ def load_config_dataset(config: TrainConfig) -> Dataset:
     )
 
 
+def make_tokenizer(config: TrainConfig, trainer: Trainer, dataset: Dataset):
+    """The run's tokenizer: the configured pretrained one, else one trained on the trainer's
+    corpus of `dataset`'s item texts."""
+    if config.tokenizer.pretrained_path:
+        return tokenizer_from_pretrained(config.tokenizer.pretrained_path)
+    corpus = trainer.tokenizer_corpus([dataset.item_text[i] for i in dataset.catalog.items])
+    return train_tokenizer(corpus, config.tokenizer.vocab_size)
+
+
 def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Trains the config's method and writes the bundle to `out` (rank 0). Returns eval.json's content."""
     trainer = trainer_for(config.kind)
@@ -83,11 +92,7 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         seen = view.train  # what training may see: everything but the withheld new items
         log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(dataset.catalog)} items"
             + (f", {len(view.withheld)} withheld as new items" if view.withheld else ""))
-        if config.tokenizer.pretrained_path:
-            tokenizer = tokenizer_from_pretrained(config.tokenizer.pretrained_path)
-        else:
-            corpus = trainer.tokenizer_corpus([seen.item_text[i] for i in seen.catalog.items])
-            tokenizer = train_tokenizer(corpus, config.tokenizer.vocab_size)
+        tokenizer = make_tokenizer(config, trainer, seen)
         timings = {"data_and_tokenizer": time.perf_counter() - started}
 
         def validate(method: Method, trie: TextualIdTrie, users: int | None) -> float:

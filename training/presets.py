@@ -141,7 +141,7 @@ def _sasrec_ml100k() -> TrainConfig:
         method=SasRecSections(
             sasrec=SasRecConfig(hidden_size=64, num_layers=2, num_heads=2, inner_size=256, dropout=0.2,
                                 attn_dropout=0.0, max_len=50, lr=1e-3, batch_size=128, epochs=200, patience=20,
-                                crop="random", bucket=False, valid_users=None)
+                                crop="random", valid_users=None)
         ),
     )
 

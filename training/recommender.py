@@ -13,7 +13,7 @@ from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
 
 from .data import SplitData
 from .loop import distributed_world, fit
-from .seq2seq import Example, collate, seq2seq_loss
+from .seq2seq import Example, collate, seq2seq_loss, source_length
 
 
 def training_pairs(split: SplitData, max_history: int, max_prefixes_per_user: int | None) -> list[tuple[str, list[str], str]]:
@@ -116,7 +116,8 @@ def train_recommender(
         model, epochs=config.epochs, examples=make_examples,
         collate=lambda batch: collate(batch, tokenizer.pad_token_id), loss=seq2seq_loss,
         batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=seed, after_epoch=after_epoch,
+        warmup_steps=config.warmup_steps, grad_clip=config.grad_clip, seed=seed,
+        length=source_length if config.length_grouped else None, after_epoch=after_epoch,
         on_batch=on_batch, desc="recommender", progress=progress,
     )["loss"]
     if best["state"] is not None:

@@ -26,6 +26,9 @@ class Cllm4RecConfig:
     user_dropout: float = 0.1  # share of fine-tuning prompts without user tokens (unknown users)
     valid_users: int | None = None  # validate after each fine-tuning epoch on this many users
     grad_clip: float = 1.0
+    # Fine-tuning batches of prompts of similar lengths (training.loop.length_grouped_batches):
+    # less padding, other batches than a plain shuffle.
+    length_grouped: bool = False
     # Initial spread of the user/item tables: 0.02 as the reference (whose GPT-2 word embeddings
     # have about that spread); None matches the backbone's own word embeddings (about 1.0 for a
     # freshly initialised T5, whose ID tokens are otherwise drowned in the residual stream).

@@ -42,6 +42,7 @@ class Cllm4Rec(Method):
         return self.recommender.recommend(
             [q.history for q in queries], k, users=[q.user_id for q in queries],
             exclude_history=False, exclude_items=[q.exclude for q in queries],
+            allowed_items=[q.allowed for q in queries],
         )
 
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:

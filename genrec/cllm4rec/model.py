@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..errors import BundleError
+from ..item_table import mask_row, top_items
 from ..method import Recommendation
 from ..tensors import IGNORE_INDEX, pad_batch
 from ..tokenization import encode_text
@@ -421,21 +422,14 @@ class Cllm4RecRecommender:
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int, *, users: Sequence[str | None] | None = None,
                   exclude_history: bool = True, exclude_items: Sequence[Sequence[str]] | None = None,
+                  allowed_items: Sequence[Collection[str] | None] | None = None,
                   ) -> list[list[Recommendation]]:
+        """Top-k per history; `exclude_items[i]`: more items request i must not get;
+        `allowed_items[i]`: the only items it may get (None: any). Both mask the score row."""
         if not histories:
             return []
         scores = self.scores(histories, users).clone()
-        index = self.model.item_index
         for row, history in enumerate(histories):
-            banned = set(history) if exclude_history else set()
-            banned.update(exclude_items[row] if exclude_items else ())
-            cols = [index[i] for i in banned if i in index]
-            if cols:
-                scores[row, cols] = float("-inf")
-        k = min(k, self.model.num_items)
-        values, cols = scores.topk(k, dim=-1)
-        out = []
-        for vrow, crow in zip(values.tolist(), cols.tolist(), strict=True):
-            out.append([Recommendation(self.model.item_ids[c], v) for v, c in zip(vrow, crow, strict=True)
-                        if v != float("-inf")])
-        return out
+            banned = [*(history if exclude_history else ()), *(exclude_items[row] if exclude_items else ())]
+            mask_row(scores, row, self.model.item_index, banned, allowed_items[row] if allowed_items else None)
+        return top_items(scores, self.model.item_ids, k)

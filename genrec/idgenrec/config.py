@@ -17,6 +17,9 @@ class GeneratorConfig:
     lr: float = 3e-3
     batch_size: int = 64
     keyword_count: int = 4
+    # Warm-up batches of item texts of similar lengths (training.loop.length_grouped_batches):
+    # less padding, other batches than a plain shuffle.
+    length_grouped: bool = False
     mint: MintConfig = field(default_factory=MintConfig)
 
 
@@ -36,6 +39,10 @@ class RecommenderConfig:
     max_prefixes_per_user: int | None = None  # keep only each user's latest prefixes (speed)
     valid_users: int | None = None  # validate after each epoch on this many users (None: all)
     grad_clip: float = 1.0
+    # Batches of prompts of similar lengths (training.loop.length_grouped_batches), in the
+    # recommender phases and in alternate training's ID phases: less padding, other batches
+    # than a plain shuffle.
+    length_grouped: bool = False
     user_ids: bool = False  # textual user IDs fill {user_id} (docs/methods.md, "Textual user IDs"); alternate.user_ids also turns them on
 
 

@@ -70,7 +70,7 @@ class IdGenRec(Method):
         self.recommender.trie = trie
         return self.recommender.recommend(
             [q.history for q in queries], k, num_beams=self.batch_key(k), exclude_history=False,
-            exclude_items=[q.exclude for q in queries],
+            exclude_items=[q.exclude for q in queries], allowed_items=[q.allowed for q in queries],
             user_id_tokens=self.user_id_tokens(queries, trie, cache) if self.uses_user_ids else None,
         )
 

@@ -1,6 +1,6 @@
 """History of item ids in, top-k item ids out: the one path that evaluation and serving share."""
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from ..beam_search import constrained_beam_search, reference_generate_topk
 from ..errors import UnknownItemError
@@ -40,6 +40,11 @@ class IdGenRecRecommender:
         ids = [list(self.trie.sequence(self.trie.index_of(item))[:-1]) for item in recent]
         return self.renderer.render(self.template, ids, user_id_tokens).input_ids
 
+    def _indices(self, items: Iterable[str]) -> list[int]:
+        """The trie indices of the known items among `items`, sorted (unknown ones are skipped)."""
+        indices = (self.trie.index_of(item) for item in items)
+        return sorted(i for i in indices if i is not None)
+
     def recommend(
         self,
         histories: Sequence[Sequence[str]],
@@ -50,10 +55,11 @@ class IdGenRecRecommender:
         exclude_items: Sequence[Sequence[str]] | None = None,
         user_id_tokens: Sequence[list[int] | None] | None = None,
         reference: bool = False,
+        allowed_items: Sequence[Collection[str] | None] | None = None,
     ) -> list[list[Recommendation]]:
         """Top-k per history; `exclude_items[i]` are more items request i must not return
-        (e.g. the older history beyond the prompt). `reference=True` decodes through
-        `generate` (tests, benchmarks)."""
+        (e.g. the older history beyond the prompt), `allowed_items[i]` the only items it may
+        return (None: any). `reference=True` decodes through `generate` (tests, benchmarks)."""
         num_beams = max(num_beams or k, k)
         prompts = [
             self.prompt_ids(h, user_id_tokens[i] if user_id_tokens else None) for i, h in enumerate(histories)
@@ -64,11 +70,14 @@ class IdGenRecRecommender:
             for i, history in enumerate(histories):
                 banned = set(history) if exclude_history else set()
                 banned.update(exclude_items[i] if exclude_items else ())
-                indices = (self.trie.index_of(item) for item in banned)
-                exclude.append(sorted(i for i in indices if i is not None))
+                exclude.append(self._indices(banned))
+        allowed = None
+        if allowed_items is not None and any(items is not None for items in allowed_items):
+            allowed = [None if items is None else self._indices(items) for items in allowed_items]
         if reference:
-            found = reference_generate_topk(self.model, prompts, self.trie, num_beams, k, exclude)
+            found = reference_generate_topk(self.model, prompts, self.trie, num_beams, k, exclude, allowed)
         else:
-            found = constrained_beam_search(self.model, prompts, self.trie.tables(), num_beams, k, exclude)
+            found = constrained_beam_search(self.model, prompts, self.trie.tables(), num_beams, k, exclude,
+                                            allowed=allowed)
         keys = self.trie.item_keys
         return [[Recommendation(keys[s.item_index], s.score) for s in row] for row in found]

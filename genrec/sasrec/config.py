@@ -37,9 +37,10 @@ class SasRecConfig:
     # (older items are trained on too); "latest" the latest max_len + 1 items only (what
     # inference reads).
     crop: str = "random"
-    # Batches of sequences of similar length (less padding: faster when max_len is far above the
-    # typical length), the batches in random order; False: a plain shuffle.
-    bucket: bool = False
+    # Batches of sequences of similar length (training.loop.length_grouped_batches; less padding:
+    # faster when max_len is far above the typical length), the batches in random order; False:
+    # a plain shuffle.
+    length_grouped: bool = False
 
 
 @dataclass

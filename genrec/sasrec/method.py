@@ -11,6 +11,7 @@ import torch
 
 from ..bundle import Bundle
 from ..config import TrainConfig
+from ..item_table import mask_row, top_items
 from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
 from ..tensors import pad_batch
 from ..textual_ids import MintedId, title_textual_id
@@ -30,6 +31,7 @@ class SasRec(Method):
     def __init__(self, model: SasRecModel, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
+        self.columns = {item: j for j, item in enumerate(model.item_ids)}  # item -> score column
 
     @classmethod
     def load(cls, bundle: Bundle, config: TrainConfig, options: RuntimeOptions | None = None) -> SasRec:
@@ -65,13 +67,8 @@ class SasRec(Method):
         if empty:
             scores[empty] = torch.log1p(model.item_counts.float())
         for r, query in enumerate(queries):
-            cols = [row - 1 for row in model.rows(query.exclude)]
-            if cols:
-                scores[r, cols] = float("-inf")
-        values, cols = scores.topk(min(k, model.num_items), dim=-1)
-        ids = model.item_ids
-        return [[Recommendation(ids[c], v) for v, c in zip(vrow, crow, strict=True) if v != float("-inf")]
-                for vrow, crow in zip(values.tolist(), cols.tolist(), strict=True)]
+            mask_row(scores, r, self.columns, query.exclude, query.allowed)
+        return top_items(scores, model.item_ids, k)
 
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
         return [title_textual_id(self.tokenizer, item.text, claim) for item in items]

@@ -1,13 +1,16 @@
 """/v1/items: minting a textual ID for a new item (idempotent per item_id, behind a write
-token) and reading an item's record (open, or behind a read token)."""
+token), searching the catalog by title and reading an item's record (open, or behind a read
+token)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from ..dependencies import get_state, read_access, request_deadline, require_json, write_access
 from ..openapi import error_responses
-from ..schemas import ItemCreated, ItemCreateRequest, ItemRecordResponse
+from ..schemas import SEARCH_MAX_LIMIT, ItemCreated, ItemCreateRequest, ItemRecordResponse, ItemSearchResponse
 from ..state import ServiceState
 
 router = APIRouter(tags=["items"])
@@ -37,6 +40,24 @@ async def create_item(body: ItemCreateRequest, request: Request, response: Respo
         response.status_code = 200
     return ItemCreated(item_id=body.item_id, textual_id=textual_id, created=created,
                        recommendable=svc.engine.is_recommendable(body.item_id))
+
+
+@router.get(  # before /v1/items/{item_id:path}, which would not match it anyway (no slash)
+    "/v1/items",
+    response_model=ItemSearchResponse,
+    responses=error_responses(401, 403, 422, 429, 503),
+    summary="Search the catalog by title",
+    description="Items whose titles have, for every word of `q`, a word that begins with it (case-insensitive; "
+    "words are runs of letters and digits), in catalog order: the bundle's items, then the minted ones.",
+    dependencies=[Depends(read_access)],
+)
+async def search_items(
+    q: Annotated[str, Query(min_length=1, max_length=200, description="title words or their beginnings",
+                            examples=["star wa"])],
+    limit: Annotated[int, Query(ge=1, le=SEARCH_MAX_LIMIT, description="most items to return")] = 20,
+    svc: ServiceState = Depends(get_state),
+):
+    return svc.search_items(q, limit)
 
 
 @router.get(

@@ -349,3 +349,71 @@ def test_requests_finishing_early_leave_the_batch(model, tokenizer, sequences, p
     ref = reference_generate_topk(model, many, trie, num_beams=4, k=2, exclude=exclude)
     for got, expected in zip(batched, ref, strict=True):
         assert_same_ranking(got, expected)
+
+
+# --------------------------------------------------------------------------- allowed sets (filters)
+
+
+def _allowed_cases(model, prompt, trie):
+    """Allowed sets that test the pruning: the model's least favourite items (the search must
+    walk away from where the probability is), a set holding an item with a first token of its
+    own and prefix IDs, one item, none, and None (no limit)."""
+    ranking = [item for item, _ in brute_force(model, prompt, trie)]
+    return [ranking[-7:], [0, 1, 2, 3, 4, 5], [ranking[len(ranking) // 2]], [], None]
+
+
+def test_full_beam_with_allowed_equals_brute_force(model, sequences, prompts, tokenizer):
+    """With a beam as wide as the catalog the search is exact: an allowed set (and exclusions on
+    top of it) gives the teacher-forced top-k of the items that qualify, all of them when k is
+    larger, and a request without a limit in the same batch is unaffected."""
+    trie = make_trie(sequences, tokenizer.eos_token_id)
+    n = len(trie)
+    allowed = _allowed_cases(model, prompts[0], trie)
+    exclude = [[allowed[0][0]], [0], [], [], [1, 2]]
+    batch = [prompts[0]] * len(allowed)
+    for k in (n, 3):
+        results = constrained_beam_search(model, batch, trie.tables(), num_beams=n, k=k, exclude=exclude,
+                                          allowed=allowed)
+        for limit, banned, got in zip(allowed, exclude, results, strict=True):
+            qualifying = set(range(n)) if limit is None else set(limit)
+            outside = sorted(set(range(n)) - qualifying | set(banned))
+            assert {s.item_index for s in got} <= qualifying - set(banned)
+            assert_same_ranking(got, brute_force(model, prompts[0], trie, outside)[:k] if qualifying - set(banned)
+                                else [])
+
+
+@pytest.mark.parametrize(("num_beams", "k"), [(5, 5), (4, 1), (10, 3)])
+def test_fast_path_equals_generate_with_allowed(model, sequences, prompts, tokenizer, num_beams, k):
+    """Small beams: the fast path's pruning to an allowed set matches `generate` over a trie that
+    holds only the allowed items, and every request gets k items when k qualify."""
+    trie = make_trie(sequences, tokenizer.eos_token_id)
+    allowed = [_allowed_cases(model, p, trie)[i] for i, p in enumerate(prompts)]  # 4 prompts: not [] or None
+    fast = constrained_beam_search(model, prompts, trie.tables(), num_beams=num_beams, k=k, allowed=allowed)
+    ref = reference_generate_topk(model, prompts, trie, num_beams=num_beams, k=k, allowed=allowed)
+    for limit, got, expected in zip(allowed, fast, ref, strict=True):
+        assert len(got) == min(k, len(limit))
+        assert {s.item_index for s in got} <= set(limit)
+        assert_same_ranking(got, expected)
+
+
+def test_exactly_k_qualifying_items_are_all_returned(model, sequences, prompts, tokenizer):
+    """k beams, k qualifying items far from the model's favourites: all k come back (a filter
+    applied after the search would find none of them); fewer qualify: those, and nothing else."""
+    trie = make_trie(sequences, tokenizer.eos_token_id)
+    for prompt in prompts:
+        worst = [item for item, _ in brute_force(model, prompt, trie)][-5:]
+        for limit in (worst, worst[:2]):
+            got = constrained_beam_search(model, [prompt], trie.tables(), num_beams=5, k=5, allowed=[limit])[0]
+            assert sorted(s.item_index for s in got) == sorted(limit)
+
+
+def test_recommender_allowed_items(recommender):
+    """The recommender takes allowed item ids (unknown ones ignored) beside exclusions."""
+    n = len(recommender.trie)
+    allowed = [["item3", "item7", "item9", "item11", "ghost"], None]
+    got = recommender.recommend([["item7"], ["item7"]], k=n, num_beams=n, allowed_items=allowed)
+    assert {r.item_id for r in got[0]} == {"item3", "item9", "item11"}  # item7: the history
+    assert len(got[1]) == n - 1
+    ref = recommender.recommend([["item7"]], k=2, num_beams=3, allowed_items=allowed[:1], reference=True)
+    fast = recommender.recommend([["item7"]], k=2, num_beams=3, allowed_items=allowed[:1])
+    assert [r.item_id for r in fast[0]] == [r.item_id for r in ref[0]]

@@ -361,3 +361,27 @@ def test_dead_node_keys_of_many_requests_match_each_request_alone(seed):
     for request, excluded in enumerate(exclusions):
         mine = {int(k) % tables.num_nodes for k in keys if k // tables.num_nodes == request}
         assert mine == reference(excluded) == set(tables.dead_nodes(excluded))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_live_node_keys_are_the_nodes_on_the_allowed_items_paths(seed):
+    """A request limited to some items may enter exactly the nodes on their paths (overlay items
+    included): every prefix of an allowed ID, and no other; the same per request in a batch."""
+    rng = random.Random(seed)
+    sequences = random_sequences(rng, 60, range(3, 9))
+    trie = TextualIdTrie([str(i) for i in range(45)], sequences[:45], EOS)
+    for offset, seq in enumerate(sequences[45:]):
+        trie.add(str(45 + offset), seq)
+    tables = trie.tables()
+    allowed = [rng.sample(range(60), rng.randint(1, 20)) for _ in range(5)] + [[], [59, -1, 99]]
+
+    def reference(items):
+        return {_node_of(trie, sequences[i][:cut]) for i in items if 0 <= i < 60
+                for cut in range(1, len(sequences[i]) + 1)}
+
+    keys = tables.live_node_keys(allowed)
+    assert list(keys) == sorted(set(keys.tolist()))
+    for request, items in enumerate(allowed):
+        mine = {int(k) % tables.num_nodes for k in keys if k // tables.num_nodes == request}
+        assert mine == reference(items)
+        assert 0 not in mine

@@ -253,3 +253,14 @@ async def test_health_ready_metrics_docs(client):
     )
     dumped = json.dumps(schema)
     assert '"examples"' in dumped and "toy story 5" in dumped
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("PUT", "/v1/items", "GET, POST"),  # two routes share the path: the search and the mint
+    ("DELETE", "/v1/recommendations", "POST"),
+])
+async def test_a_wrong_method_gets_405_naming_every_method_of_the_path(client, method, path, allowed):
+    response = await client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json()["error"]["code"] == "method_not_allowed"

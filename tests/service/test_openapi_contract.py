@@ -31,7 +31,7 @@ def secured_operations(document: dict) -> set[str]:
             for method, operation in entries.items() if operation.get("security")}
 
 
-READS = {"POST /v1/recommendations", "GET /v1/items/{item_id}", "GET /v1/users/{user_id}/events"}
+READS = {"POST /v1/recommendations", "GET /v1/items", "GET /v1/items/{item_id}", "GET /v1/users/{user_id}/events"}
 WRITES = {"POST /v1/items", "POST /v1/events"}
 
 

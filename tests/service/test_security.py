@@ -112,8 +112,8 @@ async def test_scopes_decide_who_reads_and_who_writes(make_settings):
         assert (await client.get("/v1/users/u1/events", headers=bearer(READER))).json()["events"][0]["item_id"] == "m1"
         schema = (await client.get("/openapi.json", headers=bearer(READER))).json()
         secured = {f"{m.upper()} {p}" for p, ops in schema["paths"].items() for m, op in ops.items() if "security" in op}
-        assert secured == {"POST /v1/recommendations", "GET /v1/items/{item_id}", "POST /v1/items", "POST /v1/events",
-                           "GET /v1/users/{user_id}/events", "GET /metrics"}
+        assert secured == {"POST /v1/recommendations", "GET /v1/items", "GET /v1/items/{item_id}", "POST /v1/items",
+                           "POST /v1/events", "GET /v1/users/{user_id}/events", "GET /metrics"}
 
 
 async def test_reads_stay_open_by_default_but_a_sent_token_must_be_valid(make_settings):

@@ -18,7 +18,7 @@ import genrec.idgenrec.method as idgenrec_method
 from genrec.bundle import read_items
 from service.registry import namespace
 
-from .conftest import N_ITEMS, assert_error, catalog_popularity, serve
+from .conftest import N_ITEMS, assert_error, catalog_metadata, catalog_popularity, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -250,6 +250,17 @@ async def test_an_empty_history_gets_the_bundles_most_popular_items(client, bund
         assert item["score"] == pytest.approx(catalog_popularity()[item["item_id"]] / total)
     assert answer["model"]["kind"] == "idgenrec"
     assert queries == []  # the model was not asked
+
+
+async def test_the_popular_answer_keeps_to_the_filter_and_the_exclusions(client):
+    """A new user's answer obeys the same filter and exclude_items as a model's answer."""
+    comedies = {f"m{i}" for i, m in enumerate(catalog_metadata()) if "comedy" in m["genres"]}
+    excluded = [item for item in popular_top(40) if item in comedies][:2]
+    body = {"history": [], "k": 5, "filter": {"genres": ["Comedy"]}, "exclude_items": excluded}
+    answer = (await client.post("/v1/recommendations", json=body)).json()
+    assert answer["strategy"] == "popular"
+    expected = [item for item in popular_top(40, exclude=excluded) if item in comedies][:5]
+    assert [i["item_id"] for i in answer["items"]] == expected and len(expected) == 5
 
 
 async def test_the_popular_answer_stops_at_the_items_with_interactions(client):

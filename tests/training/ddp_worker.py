@@ -1,8 +1,9 @@
 """One rank of the DDP test (tests/training/test_ddp.py); started by torchrun, not by pytest.
 
-Trains a tiny recommender on a tiny split and writes `{out_dir}/rank{rank}.json` with the
-example indices of every batch this rank trained on, per epoch, as the training loop reports
-them while it collates (not recomputed), and a hash of the weights after training.
+Trains a tiny recommender on a tiny split, with plain and with length-grouped batches, and
+writes `{out_dir}/rank{rank}.json` with, for each, the example indices of every batch this rank
+trained on, per epoch, as the training loop reports them while it collates (not recomputed),
+and a hash of the weights after training.
 """
 
 import hashlib
@@ -49,7 +50,16 @@ def main(out_dir: Path) -> None:
         sequence = rng.sample(items, rng.randint(5, 8))
         train[f"u{u}"], valid[f"u{u}"], test[f"u{u}"] = sequence[:-2], sequence[-2], sequence[-1]
     split = SplitData(train=train, valid=valid, test=test)
+    result = {"rank": rank, "world": world}
+    for name, grouped in (("plain", False), ("length_grouped", True)):
+        result[name] = train_once(tokenizer, split, item_tokens, grouped)
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
+
+def train_once(tokenizer, split: SplitData, item_tokens: dict[str, list[int]], grouped: bool) -> dict:
     model = build_t5(TINY, tokenizer, seed=0)
     initial = weights_sha256(model)
     batches: dict[int, list[list[int]]] = {}  # epoch -> the indices of each batch, in order
@@ -65,6 +75,7 @@ def main(out_dir: Path) -> None:
         warmup_steps=0,
         num_train_templates=3,
         max_source_length=128,
+        length_grouped=grouped,
     )
     history = train_recommender(
         model,
@@ -78,19 +89,13 @@ def main(out_dir: Path) -> None:
         progress=False,
         on_batch=on_batch,
     )
-    result = {
-        "rank": rank,
-        "world": world,
+    return {
         "batches": [batches.get(epoch, []) for epoch in range(config.epochs)],
         "examples": history["examples"],
         "loss": history["loss"],
         "initial_sha256": initial,
         "weights_sha256": weights_sha256(model),
     }
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Data-parallel training of the recommender under torchrun: 2 CPU processes, gloo."""
+"""Data-parallel training of the recommender under torchrun: 2 CPU processes, gloo; with plain
+and with length-grouped batches."""
 
 import json
 import math
@@ -29,16 +30,26 @@ def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_p
         str(tmp_path),
     ]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"torchrun did not finish in 180 s:\n{exc.stdout}\n{exc.stderr}")
+        pytest.fail(f"torchrun did not finish in 300 s:\n{exc.stdout}\n{exc.stderr}")
     assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
 
     results = {r["rank"]: r for r in (json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json")))}
     assert set(results) == {0, 1}
-    first, second = results[0], results[1]
     for r in results.values():
         assert r["world"] == 2
+    for name in ("plain", "length_grouped"):
+        check_ranks(results[0][name], results[1][name])
+    # Grouping changed the batches, not the examples each rank owns.
+    for rank in (0, 1):
+        plain, grouped = results[rank]["plain"]["batches"], results[rank]["length_grouped"]["batches"]
+        assert plain != grouped
+        for epoch in range(2):
+            assert sorted(i for b in plain[epoch] for i in b) == sorted(i for b in grouped[epoch] for i in b)
+
+
+def check_ranks(first: dict, second: dict) -> None:
     examples = first["examples"]
     assert examples == second["examples"] > 0
     per_rank = math.ceil(examples / 2)

@@ -19,7 +19,7 @@ from training.data import Dataset, ItemMetadata, SplitData
 from training.evaluation import evaluate_method
 from training.loop import distributed_world
 from training.methods.base import RunContext
-from training.methods.sasrec import SasRecTrainer, build_model, collate, length_batches
+from training.methods.sasrec import SasRecTrainer, build_model, collate
 
 try:
     from training.tokenizer_training import train_tokenizer
@@ -122,16 +122,6 @@ def test_the_best_epoch_is_kept_and_patience_stops_training(tokenizer):
     assert all(torch.equal(state[k], snapshots[1][k]) for k in state)
     assert not all(torch.equal(state[k], snapshots[3][k]) for k in state)
     assert "stopping" in lines[-1]
-
-
-def test_length_batches_group_similar_lengths_and_keep_every_window():
-    rng = random.Random(0)
-    windows = [[1] * rng.randint(2, 50) for _ in range(100)]
-    ordered = length_batches(windows, 10, random.Random(1))
-    assert sorted(map(len, ordered)) == sorted(map(len, windows))
-    runs = [ordered[i : i + 10] for i in range(0, 100, 10)]
-    assert all(max(map(len, r)) - min(map(len, r)) <= 15 for r in runs)
-    assert [len(r[0]) for r in runs] != sorted(len(r[0]) for r in runs)  # the runs are shuffled
 
 
 def test_collate_left_pads_inputs_and_next_item_targets():

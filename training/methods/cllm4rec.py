@@ -72,6 +72,18 @@ def holdout_split(split: SplitData, share: float, seed: int) -> tuple[dict[str, 
 
 
 
+def build_model(cfg: Cllm4RecConfig, tokenizer, user_ids: list[str], item_ids: list[str],
+                seed: int) -> tuple[Cllm4RecModel, PromptPieces]:
+    """A fresh model and its prompt pieces; extends `tokenizer` with the user and item tokens
+    (the backbone is sized to the words before the extension)."""
+    backbone = build_t5(cfg.model, tokenizer, seed=seed)
+    vocab_size = extend_tokenizer(tokenizer, user_ids, item_ids)
+    model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids, init_std=cfg.init_std,
+                          item_bias=cfg.item_bias, item_head_scale=cfg.item_head_scale)
+    model.set_backbone_trainable(not cfg.freeze_backbone)
+    return model, PromptPieces.from_tokenizer(tokenizer)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -81,9 +93,10 @@ def _chunks(rows: list, size: int) -> list[list]:
 
 def pretrain(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, list[str]],
              item_text_ids: dict[str, list[int]], cfg: Cllm4RecConfig, seed: int, progress: bool = True,
-             log=None) -> dict:
+             log=None, on_batch=None) -> dict:
     """Alternating collaborative and content steps (one optimizer step each); each epoch
-    reshuffles the documents and the order of the items inside each collaborative document."""
+    reshuffles the documents and the order of the items inside each collaborative document.
+    `on_batch`: as in training.loop.fit (each of its batches is one step's documents)."""
     rng = random.Random(seed)
     users = [u for u, items in train_items.items() if items]
     items = list(item_text_ids)
@@ -115,16 +128,17 @@ def pretrain(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     history = fit(
         model, epochs=cfg.pretrain_epochs, examples=steps, collate=list, loss=loss, batch_size=1,
         lr=cfg.pretrain_lr, weight_decay=cfg.weight_decay, decay=False, grad_clip=cfg.grad_clip, shuffle=False,
-        distributed=False, desc="pretrain", progress=progress, log=log,
+        distributed=False, on_batch=on_batch, desc="pretrain", progress=progress, log=log,
     )
     return {key: history.get(key, []) for key in ("collab_nll", "content_nll", "collab_reg", "content_reg")}
 
 
 def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, list[str]], cfg: Cllm4RecConfig,
-             seed: int, validate=None, progress: bool = True, log=None) -> dict:
+             seed: int, validate=None, progress: bool = True, log=None, on_batch=None) -> dict:
     """Recommendation fine-tuning: per epoch a fresh random mask of each user's items; the loss is
     the multinomial likelihood of the masked-out items (+ the regularization toward the content
-    LM). With `validate`, the epoch with the best validation NDCG@10 is kept."""
+    LM). With `validate`, the epoch with the best validation NDCG@10 is kept. `on_batch`: as in
+    training.loop.fit."""
     rng = random.Random(seed + 1)
     history: dict = {"finetune_loss": [], "valid_ndcg@10": []}
     best = {"score": -1.0, "state": None}
@@ -164,9 +178,13 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
         if log is not None:
             log(message + f" ({means['examples_per_s']:.0f} examples/s)")
 
+    def prompt_items(example) -> int:  # what a prompt's length grows with
+        return min(len(example[1]), cfg.max_prompt_items)
+
     fit(model, epochs=cfg.finetune_epochs, examples=examples, collate=list, loss=loss, batch_size=cfg.batch_size,
         lr=cfg.finetune_lr, weight_decay=cfg.weight_decay, decay=False, grad_clip=cfg.grad_clip, shuffle=False,
-        distributed=False, after_epoch=after_epoch, desc="finetune", progress=progress)
+        distributed=False, length=prompt_items if cfg.length_grouped else None, after_epoch=after_epoch,
+        on_batch=on_batch, desc="finetune", progress=progress)
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
@@ -233,12 +251,7 @@ class Cllm4RecTrainer(Trainer):
         items, id_stats = title_id_items(tokenizer, item_ids, texts)
         id_stats["users"] = len(user_ids)
         item_text_ids = {i: encode_text(tokenizer, text) for i, text in zip(item_ids, texts, strict=True)}
-        backbone = build_t5(cfg.model, tokenizer, seed=config.seed)  # sized to the words only
-        vocab_size = extend_tokenizer(tokenizer, user_ids, item_ids)
-        model = Cllm4RecModel(backbone, vocab_size, user_ids, item_ids, init_std=cfg.init_std,
-                              item_bias=cfg.item_bias, item_head_scale=cfg.item_head_scale)
-        model.set_backbone_trainable(not cfg.freeze_backbone)
-        pieces = PromptPieces.from_tokenizer(tokenizer)
+        model, pieces = build_model(cfg, tokenizer, user_ids, item_ids, config.seed)
         train_items, _held = holdout_split(split, cfg.holdout_share, config.seed)
         timings["model_setup"] = time.perf_counter() - t
 

@@ -37,8 +37,8 @@ class IdGenRecTrainer(Trainer):
         warm_loss = warm_up_generator(
             generator, tokenizer, texts, keyword_targets(metadata, config.generator.keyword_count),
             epochs=config.generator.warmup_epochs, lr=config.generator.lr, batch_size=config.generator.batch_size,
-            seed=config.seed, max_source_length=config.generator.mint.max_source_length, progress=ctx.progress,
-            log=log,
+            seed=config.seed, max_source_length=config.generator.mint.max_source_length,
+            length_grouped=config.generator.length_grouped, progress=ctx.progress, log=log,
         )
         timings["generator_warmup"] = time.perf_counter() - t
 

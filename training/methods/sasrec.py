@@ -51,18 +51,6 @@ def window(seq: list[int], size: int, crop: str, rng: random.Random) -> list[int
     return seq[start : start + size]
 
 
-def length_batches(windows: list[list[int]], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """The windows in an order whose consecutive `batch_size` runs have similar lengths (little
-    padding), the runs themselves in random order: shuffled, sorted by length (ties stay
-    shuffled), cut into runs, the runs shuffled."""
-    windows = list(windows)
-    rng.shuffle(windows)
-    windows.sort(key=len)
-    runs = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
-    rng.shuffle(runs)
-    return [w for run in runs for w in run]
-
-
 def collate(windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (inputs, targets): inputs are each window but its last item, targets the next
     item at every position (padding where there is none)."""
@@ -74,6 +62,22 @@ def collate(windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 def sequence_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     inputs, targets = batch
     return model(inputs, targets)  # the forward computes the loss: DDP sees the whole step
+
+
+def train_sequences(model: SasRecModel, sequences: list[list[int]], cfg: SasRecConfig, seed: int, *,
+                    after_epoch=None, on_batch=None, progress: bool = True) -> dict[str, list[float]]:
+    """The training loop over the sequences: each epoch a window of every sequence (cfg.crop),
+    batches grouped by length with cfg.length_grouped. `after_epoch` and `on_batch`: as in
+    training.loop.fit, whose history this returns."""
+
+    def examples(epoch: int) -> list[list[int]]:
+        rng = random.Random(seed * 7919 + epoch)
+        return [window(seq, cfg.max_len + 1, cfg.crop, rng) for seq in sequences]
+
+    return fit(model, epochs=cfg.epochs, examples=examples, collate=collate, loss=sequence_loss,
+               batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+               decay=False, grad_clip=cfg.grad_clip, seed=seed, length=len if cfg.length_grouped else None,
+               after_epoch=after_epoch, on_batch=on_batch, desc="sasrec", progress=progress, log=None)
 
 
 class SasRecTrainer(Trainer):
@@ -107,11 +111,6 @@ class SasRecTrainer(Trainer):
         ctx.log(f"sasrec: {len(sequences)} training sequences, {model.num_items} items, "
                 f"{sum(p.numel() for p in model.parameters())} parameters")
 
-        def examples(epoch: int) -> list[list[int]]:
-            rng = random.Random(config.seed * 7919 + epoch)
-            windows = [window(seq, cfg.max_len + 1, cfg.crop, rng) for seq in sequences]
-            return length_batches(windows, cfg.batch_size, rng) if cfg.bucket else windows
-
         history: dict = {"loss": [], "valid_ndcg@10": [], "examples_per_s": []}
         best = {"score": float("-inf"), "epoch": 0, "state": None}
         epoch_started = [time.perf_counter()]
@@ -133,10 +132,7 @@ class SasRecTrainer(Trainer):
                 return True  # fit stops here
             return False
 
-        fit(model, epochs=cfg.epochs, examples=examples, collate=collate, loss=sequence_loss,
-                batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                decay=False, grad_clip=cfg.grad_clip, seed=config.seed, shuffle=not cfg.bucket, after_epoch=after_epoch, desc="sasrec",
-                progress=ctx.progress, log=None)
+        train_sequences(model, sequences, cfg, config.seed, after_epoch=after_epoch, progress=ctx.progress)
         if best["state"] is not None:
             model.load_state_dict(best["state"])
         model.eval()

@@ -1,0 +1,133 @@
+"""Search of the catalog by title (GET /v1/items?q=): every word of the query must begin a word
+of the title, case-insensitively ("star wa" finds "Star Wars (1977)"); answers in catalog order
+(the bundle's items, then minted ones as this replica learned them).
+
+An inverted index over title words, so a search never scans every title: the distinct words are
+kept sorted, and the items holding words that begin with a query word are a range of them (two
+bisections). The query word with the fewest such items drives the search, its items taken in
+order through a lazy merge of their posting lists, each checked against the other query words,
+until `limit` are found; when that query word is so common that reading the titles in order
+is expected to find `limit` items sooner, the titles are read first, within a budget of what
+the merge costs. Building is O(n log n); an add appends to posting lists and inserts new words
+into the sorted list.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from array import array
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+_WORD = re.compile(r"\w+")
+SCAN_COST = 2  # titles read in order for what merging costs per posting list
+
+
+def title_words(text: str) -> list[str]:
+    """The words search compares: runs of letters and digits, case-folded."""
+    return _WORD.findall(text.casefold())
+
+
+class TitleIndex:
+    """Item titles and the index over their words; adds are idempotent per item id."""
+
+    def __init__(self, entries: Iterable[tuple[str, str]] = ()):
+        self._ids: list[str] = []
+        self._titles: list[str] = []
+        self._positions: dict[str, int] = {}
+        self._postings: dict[str, array] = {}  # word -> positions of the titles holding it, ascending
+        for item_id, title in entries:
+            self._append(item_id, title)
+        self._words: list[str] = sorted(self._postings)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._positions
+
+    def title(self, item_id: str) -> str | None:
+        position = self._positions.get(item_id)
+        return None if position is None else self._titles[position]
+
+    def add(self, item_id: str, title: str) -> bool:
+        """Indexes an item's title; False when the item is indexed already."""
+        if item_id in self._positions:
+            return False
+        for word in self._append(item_id, title):
+            insort(self._words, word)
+        return True
+
+    def _append(self, item_id: str, title: str) -> list[str]:
+        """Adds the item at the next position; returns the words the index did not hold yet."""
+        position = len(self._ids)
+        self._ids.append(item_id)
+        self._titles.append(title)
+        self._positions[item_id] = position
+        new = []
+        for word in dict.fromkeys(title_words(title)):
+            postings = self._postings.get(word)
+            if postings is None:
+                postings = self._postings[word] = array("q")
+                new.append(word)
+            postings.append(position)
+        return new
+
+    def search(self, query: str, limit: int) -> list[tuple[str, str]]:
+        """(item id, title) of the first `limit` items, in catalog order, whose titles have, for
+        every word of `query`, a word that begins with it. A query without words matches nothing."""
+        prefixes = list(dict.fromkeys(title_words(query)))
+        if not prefixes or limit < 1:
+            return []
+        groups = [self._postings_of(prefix) for prefix in prefixes]
+        sizes = [sum(map(len, group)) for group in groups]
+        driver = min(range(len(prefixes)), key=sizes.__getitem__)
+        group, count = groups[driver], sizes[driver]
+        if count == 0:
+            return []
+        found: list[tuple[str, str]] = []
+        # A short prefix (many words, many items) is found faster by reading the titles in order
+        # than by merging its many posting lists: read them while that is expected to reach
+        # `limit` items within what starting the merge would cost, then merge from there on.
+        scanned = 0
+        if limit * len(self._ids) < SCAN_COST * len(group) * count:
+            scanned = min(len(self._ids), SCAN_COST * len(group))
+            for position in range(scanned):
+                if self._matches(position, prefixes, found) and len(found) == limit:
+                    return found
+        others = prefixes[:driver] + prefixes[driver + 1:]
+        for position in _merged(group, scanned):
+            if self._matches(position, others, found) and len(found) == limit:
+                break
+        return found
+
+    def _matches(self, position: int, prefixes: list[str], found: list[tuple[str, str]]) -> bool:
+        """Whether the title at `position` has a word beginning with each prefix (then added to `found`)."""
+        title = self._titles[position]
+        if prefixes:
+            words = title_words(title)
+            if not all(any(w.startswith(p) for w in words) for p in prefixes):
+                return False
+        found.append((self._ids[position], title))
+        return True
+
+    def _postings_of(self, prefix: str) -> list[array]:
+        """The posting lists of every indexed word that begins with `prefix` (no word holds
+        U+10FFFF, which is not a word character)."""
+        words = self._words
+        start = bisect_left(words, prefix)
+        end = bisect_left(words, prefix + "\U0010ffff", start)
+        postings = self._postings
+        return [postings[w] for w in words[start:end]]
+
+
+def _merged(postings: list[array], start: int = 0) -> Iterator[int]:
+    """The positions from `start` on of several ascending posting lists, ascending, each once."""
+    tails = [islice(p, bisect_left(p, start), None) for p in postings]
+    last = -1
+    for position in heapq.merge(*tails) if len(tails) > 1 else tails[0]:
+        if position != last:
+            yield position
+            last = position
