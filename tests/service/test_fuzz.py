@@ -7,7 +7,7 @@ declares security), a write token (POST /v1/items declares it and is refused wit
 read tokens required (every /v1 operation declares it). Every operation of the served document is
 tested, whatever routes exist. Histories and item ids are drawn from the catalog half the time
 (random ids are all unknown, and would never reach the decoder). Bounded: EXAMPLES per operation
-and phase, STATEFUL_STEPS. Afterwards Redis must hold no half-written item."""
+and phase, STATEFUL_SCENARIOS of STATEFUL_STEPS. Afterwards Redis must hold no half-written item."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .conftest import N_ITEMS
 CONFIG_FILE = Path(__file__).resolve().parents[2] / "schemathesis.toml"
 TOKEN = "fuzz-token-16-chars"
 EXAMPLES = 20  # per operation and phase
-STATEFUL_STEPS = 20
+STATEFUL_SCENARIOS, STATEFUL_STEPS = 10, 10
 CATALOG_IDS = [f"m{i}" for i in range(N_ITEMS)]
 # Small limits, so that the coverage phase reaches them and their 422/413 answers are checked too;
 # no throttle on wrong tokens (its 429 would stand in for the 401 the auth checks look for).
@@ -48,7 +48,9 @@ def run_config(token: str | None) -> schemathesis.Config:
     declare it."""
     data = tomllib.loads(CONFIG_FILE.read_text())
     data["generation"] = {**data.get("generation", {}), "max-examples": EXAMPLES, "deterministic": False}
-    data["phases"] = {**data.get("phases", {}), "stateful": {"max-steps": STATEFUL_STEPS}}
+    phases = data.setdefault("phases", {})
+    phases["stateful"] = {**phases.get("stateful", {}), "max-steps": STATEFUL_STEPS,
+                          "generation": {"max-examples": STATEFUL_SCENARIOS}}
     data["dictionaries"] = {"catalog": {"values": CATALOG_IDS}}
     data["parameters"] = {"body.history[*]": {"dictionary": "catalog", "probability": 0.5},
                           "body.events[*].item_id": {"dictionary": "catalog", "probability": 0.5},
