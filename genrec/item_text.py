@@ -10,10 +10,8 @@ TITLE_FIELDS = ("title", "movie_title", "name")
 # Raw field names (ml-100k's atomic files) -> readable labels for the item text.
 _FIELD_LABELS = {"movie_title": "title", "release_year": "year", "class": "genres"}
 _WS = re.compile(r"\s+")
-# The labels title-like fields get in the flattened text, and a field of that text: its label, its
-# value up to the next "; label: " (or the end).
+# The labels title-like fields get in the flattened text.
 _TITLE_LABELS = tuple(dict.fromkeys(_FIELD_LABELS.get(f, f) for f in TITLE_FIELDS))
-_LEADING_FIELD = re.compile(r"([^;:]+): (.*?)(?:; [^;:]+: |$)")
 
 
 def _collapse(text: str) -> str:
@@ -85,10 +83,8 @@ def item_title(text: str) -> str:
     flatten_item_text puts title-like fields first, so bundle items (which keep only their text)
     and minted ones get their title the same way. A title holding '; x: ' is cut there.
     """
-    found = _LEADING_FIELD.match(text)
-    if found is not None and found.group(1) in _TITLE_LABELS and found.group(2):
-        return found.group(2)
-    return text
+    label, value = next(iter(item_text_fields(text).items()), (None, ""))
+    return value if label in _TITLE_LABELS and value else text
 
 
 def metadata_values_text(metadata: Mapping[str, str]) -> str:

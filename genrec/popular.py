@@ -35,8 +35,9 @@ def top_unseen(ranked: Iterable[str], seen: Collection[str], k: int,
 
 class PopularItems:
     """A bundle's popularity list as a recommender: the top-k items by training interactions,
-    none of a query's `exclude` and, when it has one, all of its `allowed` set. An item's score is its share of the training interactions
-    (its count over all of them), in (0, 1]: comparable across bundles, unlike a raw count."""
+    none of a query's `exclude` and, when it has one, only items of its `allowed` set. An item's
+    score is its share of the training interactions (its count over all of them), in (0, 1]:
+    comparable across bundles, unlike a raw count."""
 
     def __init__(self, counts: Sequence[tuple[str, int]]):
         total = sum(count for _, count in counts)
@@ -49,4 +50,5 @@ class PopularItems:
 
     def recommend(self, query: Query, k: int) -> list[Recommendation]:
         """The top-k for one query (its history is not read: it is empty when this is asked)."""
-        return [Recommendation(item, self.shares[item]) for item in top_unseen(self.ranked, query.exclude, k, query.allowed)]
+        ranked = top_unseen(self.ranked, query.exclude, k, query.allowed)
+        return [Recommendation(item, self.shares[item]) for item in ranked]

@@ -9,9 +9,8 @@ import json
 import re
 from functools import lru_cache
 
-from genrec.item_text import flatten_item_text
+from genrec.item_text import flatten_item_text, flatten_metadata
 
-from .engine import flatten_metadata
 from .errors import ApiError, invalid
 from .registry import ItemRecord
 from .schemas import words_at_most

@@ -708,7 +708,7 @@ def _overloaded(code: str, message: str) -> ApiError:
 def _events_unavailable(what: str) -> ApiError:
     return ApiError(503, "store_unavailable", f"{what}: the event store (Redis) is unreachable; retry later "
                     "(events with an event_id are stored once however often they are sent)",
-                    headers={"Retry-After": "1"})
+                    headers=retry_after(1))
 
 
 def _mint_unavailable() -> ApiError:

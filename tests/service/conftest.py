@@ -19,12 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from genrec.bundle import BundleItem, write_bundle
 from genrec.idgenrec.minting import MintConfig
 from genrec.idgenrec.prompts import prompt_corpus
-from genrec.item_text import flatten_item_text, metadata_values_text
+from genrec.item_text import flatten_item_text, flatten_metadata, metadata_values_text
 from genrec.modeling import ModelConfig, build_t5
 from genrec.tokenization import encode_textual_id
 from service.app import create_app
 from service.embedded_redis import EmbeddedRedis
-from service.engine import flatten_metadata
 from service.registry import namespace
 from service.settings import Settings
 from training.id_generator import mint_catalog

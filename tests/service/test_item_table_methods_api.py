@@ -20,14 +20,13 @@ from genrec.cllm4rec.model import (
     extend_tokenizer,
     load_cllm4rec,
 )
-from genrec.item_text import flatten_item_text
+from genrec.item_text import flatten_item_text, flatten_metadata
 from genrec.method import load_method
 from genrec.modeling import build_t5
 from genrec.sasrec.model import MODEL_DIR as SASREC_DIR
 from genrec.sasrec.model import SasRecModel
 from genrec.textual_ids import claim_in, title_textual_id
 from service.embedded_redis import free_port
-from service.engine import flatten_metadata
 from training.presets import preset
 from training.title_ids import title_id_items
 from training.tokenizer_training import train_tokenizer
