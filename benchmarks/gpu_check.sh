@@ -116,7 +116,8 @@ step() {
 }
 
 step cuda_tests 150 "$PY" -m pytest -q -m cuda -p no:cacheprovider \
-    tests/genrec/test_device.py tests/training/test_device_training.py tests/training/test_ddp.py
+    tests/genrec/test_device.py tests/training/test_device_training.py tests/training/test_ddp.py \
+    tests/service/test_device_setting.py
 step train_sasrec_tiny 90 "$PY" -m training.cli run --config sasrec-tiny --out "$WORK/sasrec-tiny" \
     --device "$DEVICE" --no-progress
 step train_sasrec_tiny_bf16 90 "$PY" -m training.cli run --config sasrec-tiny --out "$WORK/sasrec-tiny-bf16" \
