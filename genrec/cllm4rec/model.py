@@ -40,7 +40,7 @@ from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from ..device import model_device, to_device
 from ..errors import BundleError
-from ..item_table import mask_row, top_items
+from ..item_table import mask_rows, top_items
 from ..method import Recommendation
 from ..tensors import IGNORE_INDEX, pad_batch
 from ..tokenization import encode_text
@@ -438,7 +438,7 @@ class Cllm4RecRecommender:
         if not histories:
             return []
         scores = self.scores(histories, users).clone()
-        for row, history in enumerate(histories):
-            banned = [*(history if exclude_history else ()), *(exclude_items[row] if exclude_items else ())]
-            mask_row(scores, row, self.model.item_index, banned, allowed_items[row] if allowed_items else None)
+        banned = [[*(history if exclude_history else ()), *(exclude_items[row] if exclude_items else ())]
+                  for row, history in enumerate(histories)]
+        mask_rows(scores, self.model.item_index, banned, allowed_items)
         return top_items(scores, self.model.item_ids, k)

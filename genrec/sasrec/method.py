@@ -12,7 +12,7 @@ import torch
 from ..bundle import Bundle
 from ..config import TrainConfig
 from ..device import model_device
-from ..item_table import mask_row, top_items
+from ..item_table import mask_rows, top_items
 from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
 from ..tensors import pad_batch
 from ..textual_ids import MintedId, title_textual_id
@@ -73,8 +73,7 @@ class SasRec(Method):
         empty = [r for r, seq in enumerate(rows) if not seq]
         if empty:
             scores[empty] = torch.log1p(model.item_counts.float())
-        for r, query in enumerate(queries):
-            mask_row(scores, r, self.columns, query.exclude, query.allowed)
+        mask_rows(scores, self.columns, [q.exclude for q in queries], [q.allowed for q in queries])
         return top_items(scores, model.item_ids, k)
 
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
