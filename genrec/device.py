@@ -84,14 +84,16 @@ def model_device(model: torch.nn.Module) -> torch.device:
 def to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor in it on `device`: tensors, and tuples, lists, dicts and
     dataclasses of them (other values as they are). One copy per tensor from the host, none
-    when it is there already (the CPU path pays nothing)."""
+    when it is there already."""
     if isinstance(batch, torch.Tensor):
         if batch.device == device:
             return batch
         return batch.to(device, non_blocking=batch.device.type == "cpu" and batch.is_pinned())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
-        return type(batch)(*(to_device(x, device) for x in batch))
     if isinstance(batch, tuple | list):
+        if not any(isinstance(x, _HOLDERS) for x in batch):
+            return batch  # plain values (a batch of raw examples, ids, texts): nothing to move
+        if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
+            return type(batch)(*(to_device(x, device) for x in batch))
         return type(batch)(to_device(x, device) for x in batch)
     if isinstance(batch, Mapping):
         return type(batch)({k: to_device(v, device) for k, v in batch.items()})
@@ -99,6 +101,9 @@ def to_device(batch: Any, device: torch.device) -> Any:
         changes = {f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
         return dataclasses.replace(batch, **changes)
     return batch
+
+
+_HOLDERS = (torch.Tensor, tuple, list, Mapping)  # what may hold a tensor (dataclasses aside)
 
 
 def describe(device: torch.device) -> str:

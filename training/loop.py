@@ -14,8 +14,11 @@ With `length(example)` given, each epoch's batches are grouped by length
 waste less compute on padding, while the batches themselves still come in random order.
 
 Devices: the loop trains the model where it is (the trainers put it on the run's device,
-`genrec.device`); each collated batch is moved there in one copy per tensor (nothing on the
-CPU), and the loss runs under the run's precision (`training_precision`: bf16 autocast on CUDA).
+`genrec.device`); each collated batch of tensors (a tensor, a tuple, a dict or a dataclass of
+them) is moved there in one copy per tensor (nothing on the CPU), and the loss runs under the
+run's precision (`training_precision`: bf16 autocast on CUDA). A collate that returns a list
+(`collate=list`) hands the loss its raw examples, and the loss builds its tensors on the
+model's device itself (CLLM4Rec's batches, IDGenRec's ID phases).
 Under torchrun on GPUs, DDP wraps the model on its own rank's device.
 """
 
@@ -195,7 +198,9 @@ def fit(
         for indices in bar:
             if on_batch is not None:
                 on_batch(epoch, list(indices))
-            batch = to_device(collate([epoch_examples[i] for i in indices]), device)
+            batch = collate([epoch_examples[i] for i in indices])
+            if device.type != "cpu" and not isinstance(batch, list):  # (the CPU path as it was)
+                batch = to_device(batch, device)
             with autocast(device, precision):
                 value = loss(trained, batch)
             parts: dict[str, float] = {}
