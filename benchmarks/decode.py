@@ -18,8 +18,9 @@ import torch
 
 from genrec.beam_search import SearchProfile, constrained_beam_search, reference_generate_topk
 from genrec.bundle import load_bundle
+from genrec.device import autocast, describe, model_device
 from genrec.idgenrec.recommender import IdGenRecRecommender
-from genrec.method import load_method
+from genrec.method import RuntimeOptions, load_method
 from genrec.t5_decoding import BeamDecoder, start_tokens
 from genrec.tensors import pad_batch
 from genrec.trie import TextualIdTrie
@@ -43,15 +44,22 @@ def floor_decode(model, prompts, num_beams: int, steps: int) -> None:
     `steps - 1` decoder steps over all beams (genrec.t5_decoding), each with its output head
     and log-softmax normaliser over the whole vocabulary."""
     config = model.config
-    ids, mask = pad_batch(prompts, config.pad_token_id)
+    device = model_device(model)
+    ids, mask = pad_batch(prompts, config.pad_token_id, device=device)
     hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     decoder = BeamDecoder(model, hidden, mask)
     state = decoder.step_hidden(start_tokens(model, len(prompts), hidden.device))
-    decoder.token_log_probs(state, torch.zeros((len(prompts), 1), dtype=torch.long))
+    decoder.token_log_probs(state, torch.zeros((len(prompts), 1), dtype=torch.long, device=device))
     decoder.expand(num_beams)
-    tokens = torch.full((len(prompts) * num_beams,), 5, dtype=torch.long)
+    tokens = torch.full((len(prompts) * num_beams,), 5, dtype=torch.long, device=device)
     for _ in range(steps - 1):
         decoder.token_log_probs(decoder.step_hidden(tokens), tokens[:, None])
+    synchronize(device)  # the timer stops when the GPU is done, as the searches' top-k waits for it
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -59,11 +67,12 @@ def hf_floor_decode(model, prompts, num_beams: int, steps: int) -> None:
     """The same passes through `transformers`' cached T5 forward: encoder, then `steps` decoder
     calls over all beams with the cross-attention keys/values repeated per beam."""
     config = model.config
-    ids, mask = pad_batch(prompts, config.pad_token_id)
+    device = model_device(model)
+    ids, mask = pad_batch(prompts, config.pad_token_id, device=device)
     hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     hidden = hidden.repeat_interleave(num_beams, dim=0)
     mask = mask.repeat_interleave(num_beams, dim=0)
-    tokens = torch.full((hidden.shape[0], 1), config.decoder_start_token_id, dtype=torch.long)
+    tokens = torch.full((hidden.shape[0], 1), config.decoder_start_token_id, dtype=torch.long, device=device)
     past = None
     for _ in range(steps):
         out = model(
@@ -76,6 +85,7 @@ def hf_floor_decode(model, prompts, num_beams: int, steps: int) -> None:
         past = out.past_key_values
         torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         tokens = torch.full_like(tokens, 5)
+    synchronize(device)
 
 
 TIE = 1e-5  # reference scores closer than this are a tie that float rounding may order either way
@@ -91,6 +101,33 @@ def same_up_to_ties(fast, reference) -> bool:
         a.item_index == b.item_index or abs(score[a.item_index] - score[b.item_index]) < TIE
         for a, b in zip(fast, reference, strict=True)
     )
+
+
+def bf16_check(model, prompts, exclude, tables, beams, args, ref_results) -> dict:
+    """The fast path over the test set under bf16 autocast against the fp32 reference's top-k:
+    its time, how many users keep the same top-k (in order; as sets), the largest score
+    difference relative to the reference score. bf16 keeps 8 bits of mantissa (a relative step
+    of 2^-8), so scores differ by a few tenths of a percent and near-ties may swap."""
+    device = model_device(model)
+    if device.type != "cuda":
+        return {"bf16": "skipped: bf16 autocast runs on CUDA only"}
+    with autocast(device, "bf16"):
+        constrained_beam_search(model, prompts[:2], tables, beams, args.k, exclude[:2])  # warm-up
+        start = time.perf_counter()
+        found = []
+        for chunk_p, chunk_e in zip(batches(prompts, args.batch), batches(exclude, args.batch), strict=True):
+            found += constrained_beam_search(model, chunk_p, tables, beams, args.k, chunk_e)
+        seconds = time.perf_counter() - start
+    pairs = list(zip(found, ref_results, strict=True))
+    return {
+        "bf16_fast_eval_s": seconds,
+        "bf16_identical_topk_users": sum([a.item_index for a in x] == [b.item_index for b in y] for x, y in pairs),
+        "bf16_same_topk_sets_users": sum({a.item_index for a in x} == {b.item_index for b in y} for x, y in pairs),
+        "bf16_min_topk_overlap": min((len({a.item_index for a in x} & {b.item_index for b in y}) / max(len(y), 1)
+                                      for x, y in pairs), default=1.0),
+        "bf16_max_rel_score_diff": max((abs(a.score - b.score) / max(abs(b.score), 1e-9)
+                                        for x, y in pairs for a, b in zip(x, y, strict=False)), default=0.0),
+    }
 
 
 def batches(seq, size):
@@ -111,11 +148,14 @@ def main(argv=None) -> dict:
         action="store_true",
         help="do not exclude the history (the reference then skips building a trie per request)",
     )
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--bf16", action="store_true",
+                   help="also decode the test set under bf16 autocast (CUDA only) and compare with the fp32 reference")
     args = p.parse_args(argv)
     setup(args)
     bundle = load_bundle(args.bundle)
     config = bundle.train_config
-    model, tok = load_method(bundle).recommender_model, bundle.tokenizer
+    model, tok = load_method(bundle, RuntimeOptions(device=args.device)).recommender_model, bundle.tokenizer
     beams = max(args.beams or config.eval.num_beams, args.k)
     max_history = config.data.max_history
     trie = TextualIdTrie(
@@ -137,7 +177,7 @@ def main(argv=None) -> dict:
     n = len(users)
     print(
         f"bundle {args.bundle}: {len(trie)} items, {n} test users, k={args.k}, beams={beams}, "
-        f"torch threads={torch.get_num_threads()}"
+        f"torch threads={torch.get_num_threads()}, device {describe(model_device(model))}"
     )
 
     # Warm-up (first calls allocate).
@@ -217,7 +257,10 @@ def main(argv=None) -> dict:
         hf_floor_decode(model, chunk_p, beams, steps_profile.steps + 1)
         hf_floor_s += time.perf_counter() - start
 
+    bf16 = bf16_check(model, prompts, exclude, tables, beams, args, ref_results) if args.bf16 else {}
+
     result = {
+        "device": str(model_device(model)),
         "users": n,
         "exclude_history": not args.no_exclude,
         "items": len(trie),
@@ -249,7 +292,10 @@ def main(argv=None) -> dict:
         "floor_ratio_batch1": mean(fast_b1) / mean(floor_b1),
         "hf_floor_s": hf_floor_s,
         "fast_over_hf_floor": fast_again / hf_floor_s,
+        **bf16,
     }
+    if bf16:
+        print("bf16 fast path vs the fp32 reference: " + ", ".join(f"{k} {v}" for k, v in bf16.items()))
     print_table(
         "test set",
         ["path", "wall s", "per user ms"],

@@ -41,7 +41,7 @@ class EvalConfig:
     users: int | None = None  # evaluate on the first n users (None: all)
 
 
-_COMMON = ("name", "kind", "seed", "threads", "data", "tokenizer", "eval")
+_COMMON = ("name", "kind", "seed", "threads", "device", "precision", "data", "tokenizer", "eval")
 
 
 @dataclass
@@ -50,6 +50,10 @@ class TrainConfig:
     kind: str = "idgenrec"  # the method: a kind the registry knows (genrec.registry)
     seed: int = 42
     threads: int | None = None
+    # Where training runs (genrec.device): auto (CUDA when there is a GPU), cpu, cuda or cuda:N;
+    # under torchrun each rank takes its own GPU. The service chooses its own (GENREC_DEVICE).
+    device: str = "auto"
+    precision: str = "fp32"  # fp32, or bf16: bf16 autocast of the forward passes on CUDA (no-op on the CPU)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -138,6 +138,12 @@ class _WordTables:
         self.need = torch.from_numpy(need)
         self.first = torch.from_numpy(first)
 
+    def to(self, device: torch.device) -> "_WordTables":
+        """These tables on `device` (the search keeps its bookkeeping where the model is)."""
+        for name in ("tokens", "next", "need", "first"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
 
 @torch.inference_mode()
 def diverse_beam_search(
@@ -170,7 +176,7 @@ def diverse_beam_search(
     vocab = config.vocab_size
     G = num_groups
     rows = items * G  # row = item * G + group
-    words = _WordTables(word_constraints, eos, pad) if word_constraints is not None else None
+    words = _WordTables(word_constraints, eos, pad).to(device) if word_constraints is not None else None
     rules = _Rules(
         eos,
         pad,
@@ -178,11 +184,10 @@ def diverse_beam_search(
         max_length,
         G,
         words,
-        _allowed_mask(allowed_tokens, items, vocab, eos, pad) if allowed_tokens is not None else None,
+        _allowed_mask(allowed_tokens, items, vocab, eos, pad).to(device) if allowed_tokens is not None else None,
     )
 
-    ids, mask = pad_batch(input_ids, pad)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pad_batch(input_ids, pad, device=device)
     encoder_hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     # Step 0: one row per item, then the cache (cross-attention K/V included) per group.
     out = first_decoder_step(model, encoder_hidden, mask)
@@ -191,15 +196,16 @@ def diverse_beam_search(
     encoder_hidden = encoder_hidden.repeat_interleave(G, dim=0)
     mask = mask.repeat_interleave(G, dim=0)
     log_probs = _log_probs(out.logits, vocab)
-    source = torch.arange(rows) // G  # log_probs row of each batch row (step 0: its item's)
+    # The search's bookkeeping lives on the model's device: no step copies its scores to the host.
+    source = torch.arange(rows, device=device) // G  # log_probs row of each batch row (step 0: its item's)
 
-    generated = torch.full((rows, max_length), pad, dtype=torch.long)
-    lengths = torch.zeros(rows, dtype=torch.long)
-    log_prob_sums = torch.zeros(rows)
-    alive = torch.ones(rows, dtype=torch.bool)
-    batch = torch.arange(rows)  # the rows the decoder computes (alive ones and a few ended ones)
+    generated = torch.full((rows, max_length), pad, dtype=torch.long, device=device)
+    lengths = torch.zeros(rows, dtype=torch.long, device=device)
+    log_prob_sums = torch.zeros(rows, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    batch = torch.arange(rows, device=device)  # the rows the decoder computes (alive ones and a few ended ones)
     state = words.first.repeat_interleave(G) if words is not None else None
-    used = torch.zeros((rows, vocab), dtype=torch.bool) if no_repeat_tokens and words is None else None
+    used = torch.zeros((rows, vocab), dtype=torch.bool, device=device) if no_repeat_tokens and words is None else None
     for step in range(max_length):
         if step == max_length - 1:
             token = torch.where(alive, eos, -1)
@@ -225,24 +231,24 @@ def diverse_beam_search(
         ended = int((~alive[batch]).sum())
         if 4 * ended >= batch.numel():  # worth a copy of the cache: a quarter of the batch ended
             keep = torch.nonzero(alive[batch]).flatten()
-            past.reorder_cache(keep.to(device))
-            encoder_hidden, mask = encoder_hidden[keep.to(device)], mask[keep.to(device)]
+            past.reorder_cache(keep)
+            encoder_hidden, mask = encoder_hidden[keep], mask[keep]
             batch = batch[keep]
         out = model(
             encoder_outputs=(encoder_hidden,),
             attention_mask=mask,
-            decoder_input_ids=token[batch].clamp(min=0).to(device)[:, None],
+            decoder_input_ids=token[batch].clamp(min=0)[:, None],
             cache=past,
             use_cache=True,
         )
         past = out.cache
         log_probs = _log_probs(out.logits, vocab)
-        source = torch.arange(batch.numel())
+        source = torch.arange(batch.numel(), device=device)
     return _candidates(generated, lengths, log_prob_sums, items, G)
 
 
 def _log_probs(logits: torch.Tensor, vocab: int) -> torch.Tensor:
-    return torch.log_softmax(logits[:, -1, :vocab].float(), dim=-1).cpu()
+    return torch.log_softmax(logits[:, -1, :vocab].float(), dim=-1)
 
 
 def _allowed_mask(allowed_tokens, items: int, vocab: int, eos: int, pad: int) -> torch.Tensor:
@@ -308,7 +314,7 @@ def _full_layout(tokens, scores, batch, alive, rows: int, eos: int):
     fallback = torch.where(alive, eos, -1)
     if tokens is None:
         return fallback, full_scores
-    full_tokens = torch.full((rows, width + 1), -1, dtype=torch.long)
+    full_tokens = torch.full((rows, width + 1), -1, dtype=torch.long, device=scores.device)
     full_tokens[batch, :width] = tokens
     full_tokens[:, width] = fallback
     return full_tokens, full_scores
@@ -323,9 +329,10 @@ def _pick(tokens, scores, G: int, penalty: float) -> tuple[torch.Tensor, torch.T
     dense = tokens.dim() == 1
     scores3 = scores.view(items, G, width)
     tokens3 = tokens.view(items, G, -1)
-    picked = torch.full((items, G), -1, dtype=torch.long)  # token each group picked (-1: none)
-    counts = torch.zeros((items, width)) if dense and penalty != 0 else None
-    slot = torch.empty((items, G), dtype=torch.long)
+    device = scores.device
+    picked = torch.full((items, G), -1, dtype=torch.long, device=device)  # token each group picked (-1: none)
+    counts = torch.zeros((items, width), device=device) if dense and penalty != 0 else None
+    slot = torch.empty((items, G), dtype=torch.long, device=device)
     for g in range(G):
         penalised = scores3[:, g]
         if g > 0 and penalty != 0:
@@ -342,7 +349,7 @@ def _pick(tokens, scores, G: int, penalty: float) -> tuple[torch.Tensor, torch.T
             token = tokens3[:, g].gather(1, chosen[:, None]).squeeze(1)
         picked[:, g] = token
         if counts is not None:
-            counts.scatter_add_(1, torch.where(token >= 0, token, width - 1)[:, None], torch.ones(items, 1))
+            counts.scatter_add_(1, torch.where(token >= 0, token, width - 1)[:, None], torch.ones(items, 1, device=device))
     return slot.view(rows), picked.view(rows)
 
 

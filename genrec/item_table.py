@@ -11,21 +11,29 @@ import torch
 from .method import Recommendation
 
 
-def mask_row(scores: torch.Tensor, row: int, columns: Mapping[str, int], exclude: Collection[str],
-             allowed: Collection[str] | None = None) -> None:
-    """Sets, in place, -inf in row `row` of `scores` for every item a query must not get (see
-    `Query`): its `exclude`, and with an `allowed` set every column outside it. `columns` maps the
-    table's item ids to their columns; ids it lacks (items the model was not trained with) are
-    ignored."""
-    if allowed is not None:
-        kept = _columns(allowed, columns)
-        masked = torch.full_like(scores[row], float("-inf"))
-        if kept:
-            masked[kept] = scores[row, kept]
-        scores[row] = masked
-    banned = _columns(exclude, columns)
-    if banned:
-        scores[row, banned] = float("-inf")
+def mask_rows(scores: torch.Tensor, columns: Mapping[str, int], excludes: Sequence[Collection[str]],
+              alloweds: Sequence[Collection[str] | None] | None = None) -> None:
+    """Sets, in place, -inf in each row r of `scores` for every item query r must not get (see
+    `Query`): its `excludes[r]`, and with an `alloweds[r]` set every column outside it. `columns`
+    maps the table's item ids to their columns; ids it lacks (items the model was not trained
+    with) are ignored. The indices are gathered on the host and sent to the scores' device in
+    one copy for the batch, not one per query."""
+    device = scores.device
+    rows: list[int] = []
+    cols: list[int] = []
+    for row, exclude in enumerate(excludes):
+        banned = _columns(exclude, columns)
+        rows += [row] * len(banned)
+        cols += banned
+    if rows:
+        scores[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = float("-inf")
+    limited = [row for row, allowed in enumerate(alloweds or ()) if allowed is not None]
+    if limited:
+        keep = torch.zeros((len(limited), scores.shape[-1]), dtype=torch.bool)
+        for i, row in enumerate(limited):
+            keep[i, _columns(alloweds[row], columns)] = True
+        index = torch.tensor(limited, device=device)
+        scores[index] = scores[index].masked_fill(~keep.to(device), float("-inf"))
 
 
 def top_items(scores: torch.Tensor, item_ids: Sequence[str], k: int) -> list[list[Recommendation]]:

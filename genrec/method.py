@@ -24,8 +24,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+import torch
+
 from .bundle import Bundle
 from .config import TrainConfig
+from .device import autocast, check_precision, resolve_device
 from .registry import method_class
 from .textual_ids import MintedId
 from .trie import TextualIdTrie
@@ -67,6 +70,8 @@ class RuntimeOptions:
 
     num_beams: int | None = None  # beam width of methods that decode (IDGenRec)
     mint_max_rounds: int | None = None  # generator rounds per new item before the numeric suffix (IDGenRec)
+    device: str | None = None  # auto, cpu, cuda or cuda:N (genrec.device); None: auto
+    precision: str | None = None  # fp32 or bf16 (bf16 autocast on CUDA); None: fp32
 
 
 class UserIdCache(Protocol):
@@ -87,6 +92,7 @@ class Method(ABC):
     label: ClassVar[str]  # the name people read, e.g. "IDGenRec"
     config_class: ClassVar[type]  # the dataclass of the method's config sections
     new_items_recommendable: ClassVar[bool]  # can an item minted after training be recommended?
+    precision: str = "fp32"  # of the forward passes (genrec.device.autocast); set by `place`
 
     @classmethod
     @abstractmethod
@@ -110,6 +116,23 @@ class Method(ABC):
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
         """A unique textual ID per new item, each taken through `claim`."""
 
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch models the method runs (what `place` moves); none by default."""
+        return []
+
+    def place(self, device: torch.device | str, precision: str | None = None) -> Method:
+        """Moves the method's models to `device` and sets the precision of its forward passes;
+        its inputs are then built on that device and only the top-k comes back to the host."""
+        device = resolve_device(device)
+        for module in self.modules():
+            module.to(device)
+        self.precision = check_precision(precision)
+        return self
+
+    def autocast(self, device: torch.device):
+        """The context of a forward pass on `device` at the method's precision."""
+        return autocast(device, self.precision)
+
     def batch_key(self, k: int) -> object:
         """Requests whose keys are equal may be answered in one `recommend` call with the largest
         of their k, each trimmed to its own k: a request's answer must not depend on its
@@ -127,5 +150,7 @@ class Method(ABC):
 
 
 def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
-    """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""
-    return method_class(bundle.kind).load(bundle, bundle.train_config, options)
+    """The bundle's trained method, ready to recommend and mint, on the options' device (default
+    auto: a GPU when there is one): the one dispatch on its kind."""
+    method = method_class(bundle.kind).load(bundle, bundle.train_config, options)
+    return method.place(options.device if options else None, options.precision if options else None)

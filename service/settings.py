@@ -184,6 +184,13 @@ class Settings(BaseSettings):
         True, description="wait max_wait_ms for more requests only when the previous batch had more than one"
     )
     torch_threads: int | None = Field(None, ge=1, le=256)
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]{1,2})?)$",
+        description="where the models run: auto (a GPU when torch sees one), cpu, cuda or cuda:N",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: the forward passes under bf16 autocast on CUDA (ignored on the CPU)"
+    )
     trie_fold_threshold: int = Field(1000, ge=1, description="overlay size at which the trie is rebuilt")
     mint_thread: bool = Field(True, description="mint on a thread of its own, beside the recommendations' one")
     mint_max_rounds: int = Field(

@@ -152,7 +152,7 @@ class ServiceState:
                                      pending_ttl_s=s.pending_claim_ttl_s, cluster=s.redis_cluster,
                                      wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
-                                 mint_max_rounds=s.mint_max_rounds or None)
+                                 mint_max_rounds=s.mint_max_rounds or None, device=s.device, precision=s.precision)
             self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
             self.user_events_store = UserEventStore(
                 self.registry.aio, self.registry.prefix,

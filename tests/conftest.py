@@ -4,3 +4,17 @@ parallel test workers and background jobs share (tiny matmuls get ~100x slower o
 import torch
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, with the reason, where torch sees no GPU (CI, the CPU
+    machines); `pytest -m cuda` runs just them on a GPU machine (benchmarks/gpu_check.sh)."""
+    if torch.cuda.is_available():
+        return
+    import pytest
+
+    reason = pytest.mark.skip(reason="needs a CUDA GPU: torch sees none here "
+                                     f"({'CPU-only build' if torch.version.cuda is None else 'no device'})")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(reason)

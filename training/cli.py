@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set recommender.epochs=3 (repeatable)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _device_arguments(run)
     compare = sub.add_parser("compare", help="every method and the baselines on one split, with intervals")
     compare.add_argument("--configs", required=True,
                          help="comma-separated presets (trained into OUT/bundles/ unless there already) "
@@ -37,11 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     compare.add_argument("--latency-users", type=int, default=64, help="test users timed (default 64)")
     compare.add_argument("--no-progress", action="store_true")
+    _device_arguments(compare)
     evaluate = sub.add_parser("evaluate", help="re-evaluate a bundle on its dataset")
     evaluate.add_argument("--bundle", required=True, type=Path)
     evaluate.add_argument("--users", type=int, default=None, help="only the first N users")
     evaluate.add_argument("--no-progress", action="store_true")
+    _device_arguments(evaluate)
     return parser
+
+
+def _device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="auto (CUDA when there is a GPU; the default), cpu, cuda or cuda:N "
+                             "(the same as --set device=...)")
+    parser.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                        help="fp32 (default) or bf16: bf16 autocast on CUDA (the same as --set precision=...)")
+
+
+def _device_overrides(args: argparse.Namespace) -> list[str]:
+    """--device and --precision as config overrides, after the --set ones (they win)."""
+    return [f"{key}={value}" for key, value in (("device", args.device), ("precision", args.precision)) if value]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import run
 
             config = preset(args.config)
-            for assignment in args.overrides:
+            for assignment in args.overrides + _device_overrides(args):
                 apply_override(config, assignment)
             run(config, args.out, progress=not args.no_progress)
         elif args.command == "compare":
@@ -61,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("genrec-train: note: fewer than 1000 bootstrap resamples give rough intervals",
                       file=sys.stderr)
             summary = compare(
-                [c.strip() for c in args.configs.split(",") if c.strip()], args.out, overrides=args.overrides,
+                [c.strip() for c in args.configs.split(",") if c.strip()], args.out,
+                overrides=args.overrides + _device_overrides(args),
                 cold_items=args.cold_items, baseline_kinds=tuple(k.strip() for k in args.baseline_kinds.split(",")),
                 resamples=args.resamples, seed=args.seed, latency_users=args.latency_users,
-                progress=not args.no_progress,
+                progress=not args.no_progress, device=args.device or "auto", precision=args.precision,
             )
             print((args.out / "compare.md").read_text())
             print(f"written: {args.out / 'compare.md'}, compare.json, compare.png in {summary['wall_s']:.0f} s")
@@ -74,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import reevaluate
             from .report import metrics_table
 
-            result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress)
+            result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress,
+                                device=args.device or "auto", precision=args.precision)
             print(metrics_table(result, "test", method_class(result["kind"]).label))
     except GenRecError as exc:
         print(f"genrec-train: error: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from genrec.bundle import MANIFEST_NAME, items_trie, load_bundle  # noqa: E402
 from genrec.config import TrainConfig, apply_override  # noqa: E402
 from genrec.errors import ConfigError  # noqa: E402
-from genrec.method import load_method  # noqa: E402
+from genrec.method import RuntimeOptions, load_method  # noqa: E402
 
 from .bootstrap import bootstrap_mean, paired_bootstrap  # noqa: E402
 from .cold import cold_users, cold_view, receive_new_items  # noqa: E402
@@ -106,7 +106,8 @@ def latency(ranker, trie, split, users: list[str], batch: int, repeat_batches: i
 
 def compare(entries: list[str], out: Path, *, overrides: list[str] = (), cold_items: float | None = None,
             baseline_kinds: tuple[str, ...] = ("sasrec",), resamples: int = 1000, seed: int = 0,
-            latency_users: int = 64, progress: bool = True) -> dict:
+            latency_users: int = 64, progress: bool = True, device: str = "auto",
+            precision: str | None = None) -> dict:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     folders = resolve(list(entries), out, list(overrides), cold_items, progress)
@@ -127,7 +128,7 @@ def compare(entries: list[str], out: Path, *, overrides: list[str] = (), cold_it
     texts = {config.data.max_text_chars: dataset}
     rows: list[Row] = []
     for bundle, folder, cfg in zip(bundles, folders, configs, strict=True):
-        method = load_method(bundle)
+        method = load_method(bundle, RuntimeOptions(device=device, precision=precision))
         if cfg.data.max_text_chars not in texts:
             texts[cfg.data.max_text_chars] = load_config_dataset(cfg)
         own = texts[cfg.data.max_text_chars]

@@ -12,24 +12,49 @@ DDP averages the gradients; `loss` receives the DDP-wrapped model, so it must ca
 With `length(example)` given, each epoch's batches are grouped by length
 (`length_grouped_batches`): a batch pads to its longest example, so batches of similar lengths
 waste less compute on padding, while the batches themselves still come in random order.
+
+Devices: the loop trains the model where it is (the trainers put it on the run's device,
+`genrec.device`); each collated batch of tensors (a tensor, a tuple, a dict or a dataclass of
+them) is moved there in one copy per tensor (nothing on the CPU), and the loss runs under the
+run's precision (`training_precision`: bf16 autocast on CUDA). A collate that returns a list
+(`collate=list`) hands the loss its raw examples, and the loss builds its tensors on the
+model's device itself (CLLM4Rec's batches, IDGenRec's ID phases).
+Under torchrun on GPUs, DDP wraps the model on its own rank's device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from genrec.device import autocast, check_precision, model_device, to_device
 from genrec.progress import progress_bar
 
 T = TypeVar("T")
 B = TypeVar("B")
 LossFn = Callable[[torch.nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+_PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("training_precision", default="fp32")
+
+
+@contextlib.contextmanager
+def training_precision(precision: str | None) -> Iterator[None]:
+    """The precision every `fit` inside runs its losses at (the run's `precision`; fp32 outside):
+    set once by the pipeline around a trainer, so the phases need not pass it along."""
+    token = _PRECISION.set(check_precision(precision))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
 
 
 def distributed_world() -> tuple[int, int]:
@@ -55,6 +80,7 @@ def shard_indices(count: int, epoch: int, seed: int, shuffle: bool = True,
     return order
 
 
+POSTFIX_EVERY = 50  # off the CPU, the bar shows the mean loss every this many steps (reading it waits for the GPU)
 GROUP_CHUNK_BATCHES = 50  # batches per sorted chunk: lengths even out, batches stay random samples
 
 
@@ -136,9 +162,12 @@ def fit(
     """
     rank, world = distributed_world()
     shard = distributed and world > 1
+    device = model_device(model)
+    precision = _PRECISION.get()
     trained = model
     if shard and not isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     first = examples(0) if epochs > 0 else []
@@ -159,7 +188,7 @@ def fit(
         else:
             order = list(range(len(epoch_examples)))
         trained.train()
-        sums: dict[str, float] = {"loss": 0.0}
+        sums: dict[str, Any] = {"loss": 0.0}  # floats, or float64 tensors on the model's device
         counts: dict[str, int] = {"loss": 0}  # a named part is averaged over the steps that report it
         steps = 0
         started = time.perf_counter()
@@ -170,7 +199,10 @@ def fit(
             if on_batch is not None:
                 on_batch(epoch, list(indices))
             batch = collate([epoch_examples[i] for i in indices])
-            value = loss(trained, batch)
+            if device.type != "cpu" and not isinstance(batch, list):  # (the CPU path as it was)
+                batch = to_device(batch, device)
+            with autocast(device, precision):
+                value = loss(trained, batch)
             parts: dict[str, float] = {}
             if isinstance(value, tuple):
                 value, parts = value
@@ -184,14 +216,17 @@ def fit(
             scheduler.step()
             steps += 1
             for name, part in {"loss": value.detach(), **parts}.items():
-                sums[name] = sums.get(name, 0.0) + float(part)
+                # Summed where it is: on a GPU no step waits to read its loss back (float64 sums
+                # what Python's floats would, so the CPU's figures are the same to the bit).
+                part = part.detach().double() if isinstance(part, torch.Tensor) else float(part)
+                sums[name] = sums.get(name, 0.0) + part
                 counts[name] = counts.get(name, 0) + 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}")
+            if hasattr(bar, "set_postfix") and (device.type == "cpu" or steps % POSTFIX_EVERY == 0):
+                bar.set_postfix(loss=f"{float(sums['loss']) / steps:.3f}")
         elapsed = time.perf_counter() - started
-        means = {name: total / max(counts[name], 1) for name, total in sums.items()}
+        means = {name: float(total) / max(counts[name], 1) for name, total in sums.items()}
         if shard:
-            reduced = torch.tensor([means["loss"]])
+            reduced = torch.tensor([means["loss"]], device=device)  # nccl reduces only GPU tensors
             dist.all_reduce(reduced)
             means["loss"] = float(reduced) / world
         means["examples_per_s"] = len(order) * (world if shard else 1) / max(elapsed, 1e-9)

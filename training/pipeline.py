@@ -22,15 +22,16 @@ from genrec.bundle import (
     write_bundle,
 )
 from genrec.config import TrainConfig
+from genrec.device import check_precision, describe, resolve_device
 from genrec.errors import ConfigError
-from genrec.method import Method, load_method
+from genrec.method import Method, RuntimeOptions, load_method
 from genrec.trie import TextualIdTrie
 
 from .baselines import ContentTfIdf, Popularity, Transitions, visible_counts, visible_sequences
 from .cold import cold_users, cold_view, receive_new_items
 from .data import Dataset, SplitData, load_dataset
 from .evaluation import evaluate_all, evaluate_method, evaluate_users, evaluation_users, means
-from .loop import distributed_world
+from .loop import distributed_world, training_precision
 from .methods import Trainer, trainer_for
 from .methods.base import RunContext, Trained
 from .report import metrics_table, plot_id_lengths, plot_training, write_report
@@ -46,10 +47,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_distributed() -> None:
-    """Joins the process group when started by torchrun (gloo on CPU, nccl on GPU)."""
+def init_distributed(device: str = "auto") -> torch.device:
+    """The run's device (genrec.device); under torchrun, this rank's (`cuda:LOCAL_RANK` when the
+    device is CUDA), and the process group joined: nccl on GPUs, gloo on the CPU."""
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None
+    resolved = resolve_device(device, local_rank=local_rank)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+    return resolved
 
 
 def log(message: str) -> None:
@@ -77,7 +84,8 @@ def make_tokenizer(config: TrainConfig, trainer: Trainer, dataset: Dataset):
 def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Trains the config's method and writes the bundle to `out` (rank 0). Returns eval.json's content."""
     trainer = trainer_for(config.kind)
-    init_distributed()
+    check_precision(config.precision)
+    device = init_distributed(config.device)
     rank, world = distributed_world()
     finished = False
     try:
@@ -90,6 +98,7 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         dataset = load_config_dataset(config)
         view = cold_view(dataset, config.data.cold_items)
         seen = view.train  # what training may see: everything but the withheld new items
+        log(f"device: {describe(device)}, precision {config.precision}" + (f", {world} processes" if world > 1 else ""))
         log(f"data: {dataset.name}: {len(dataset.split.train)} users, {len(dataset.catalog)} items"
             + (f", {len(view.withheld)} withheld as new items" if view.withheld else ""))
         tokenizer = make_tokenizer(config, trainer, seen)
@@ -100,8 +109,9 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
                                    batch_size=config.eval.batch_size, progress=False)["ndcg@10"]
 
         ctx = RunContext(config=config, dataset=seen, tokenizer=tokenizer, progress=progress, log=log,
-                         validate=validate)
-        trained = trainer.train(ctx)
+                         validate=validate, device=device)
+        with training_precision(config.precision):
+            trained = trainer.train(ctx)
         timings.update(trained.timings)
         result: dict = {}
         if rank == 0:
@@ -219,12 +229,13 @@ def _write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True) -> dict:
-    """`genrec-train evaluate`: the bundle's method on its own dataset and split; a full
-    re-evaluation (users=None) replaces the recorded metrics, keeping the rest of eval.json."""
+def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True, device: str = "auto",
+               precision: str | None = None) -> dict:
+    """`genrec-train evaluate`: the bundle's method on its own dataset and split, on `device`; a
+    full re-evaluation (users=None) replaces the recorded metrics, keeping the rest of eval.json."""
     bundle = load_bundle(bundle_dir)
     config = bundle.train_config
-    method = load_method(bundle)
+    method = load_method(bundle, RuntimeOptions(device=device, precision=precision))
     dataset = load_config_dataset(config)
     result = evaluate(trainer_for(bundle.kind), method, bundle.items, bundle.tokenizer.eos_token_id, config,
                       dataset, users, progress)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from genrec.device import model_device
 from genrec.idgenrec.config import RecommenderConfig
 from genrec.idgenrec.prompts import TRAIN_TEMPLATES, PromptRenderer
 
@@ -98,7 +99,7 @@ def train_recommender(
     best = {"epoch": -1, "ndcg": float("-inf"), "state": None}
 
     def after_epoch(epoch: int, means: dict[str, float]) -> None:
-        score = torch.tensor([0.0])
+        score = torch.tensor([0.0], device=model_device(model))  # nccl broadcasts only GPU tensors
         if validate is not None and rank == 0:
             model.eval()
             score[0] = float(validate(model))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from ..bundle import Bundle
 from ..config import TrainConfig
 from ..errors import BundleError
@@ -25,7 +27,8 @@ class Cllm4Rec(Method):
     def __init__(self, model: Cllm4RecModel, tokenizer, config: TrainConfig):
         self.model = model
         self.tokenizer = tokenizer
-        self.recommender = Cllm4RecRecommender(model, tokenizer, max_history=config.cllm4rec.max_prompt_items)
+        self.recommender = Cllm4RecRecommender(model, tokenizer, max_history=config.cllm4rec.max_prompt_items,
+                                               autocast=self.autocast)
 
     @classmethod
     def load(cls, bundle: Bundle, config: TrainConfig, options: RuntimeOptions | None = None) -> Cllm4Rec:
@@ -33,6 +36,9 @@ class Cllm4Rec(Method):
         if not folder.is_dir():
             raise BundleError(f"the cllm4rec bundle {bundle.path} lacks its {MODEL_DIR}/ model folder")
         return cls(load_cllm4rec(folder), bundle.tokenizer, config)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
 
     def batch_key(self, k: int) -> None:
         return None  # one pass scores every item: any k shares a batch

@@ -23,11 +23,13 @@ This module depends on torch and transformers only (never on training/ or servic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +38,9 @@ from tokenizers import AddedToken
 from torch import nn
 from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
+from ..device import model_device, to_device
 from ..errors import BundleError
-from ..item_table import mask_row, top_items
+from ..item_table import mask_rows, top_items
 from ..method import Recommendation
 from ..tensors import IGNORE_INDEX, pad_batch
 from ..tokenization import encode_text
@@ -283,12 +286,14 @@ class DocBatch:
 
 
 def _doc_batch(model: Cllm4RecModel, prompts, main_dec, labels, users, items, pad) -> DocBatch:
+    """The batch, built on the host and moved to the model's device (one copy per tensor)."""
     enc_ids, enc_mask = pad_batch(prompts, pad)
     dec_ids, dec_mask = pad_batch(main_dec, pad)
     lab, _ = pad_batch(labels, IGNORE_INDEX)
-    return DocBatch(enc_ids, enc_mask, dec_ids, dec_mask, lab,
-                    torch.tensor(sorted(set(users)), dtype=torch.long),
-                    torch.tensor(sorted(set(items)), dtype=torch.long))
+    batch = DocBatch(enc_ids, enc_mask, dec_ids, dec_mask, lab,
+                     torch.tensor(sorted(set(users)), dtype=torch.long),
+                     torch.tensor(sorted(set(items)), dtype=torch.long))
+    return to_device(batch, model_device(model))
 
 
 def collab_batch(model: Cllm4RecModel, pieces: PromptPieces, docs: Sequence[tuple[str, Sequence[str]]]) -> DocBatch:
@@ -330,12 +335,12 @@ def doc_loss(model: Cllm4RecModel, batch: DocBatch, lm: str, reg_lambda: float) 
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.labels.reshape(-1), ignore_index=IGNORE_INDEX)
     reg = mutual_regularization(model, lm, batch.users, batch.items)
     loss = nll + reg_lambda * reg
-    return loss, {"nll": float(nll.detach()), "reg": float(reg.detach())}
+    return loss, {"nll": nll.detach(), "reg": reg.detach()}  # 0-dim tensors: reading them waits for a GPU
 
 
 def mutual_regularization(model: Cllm4RecModel, lm: str, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     other = "content" if lm == "collab" else "collab"
-    total = torch.zeros(())
+    total = torch.zeros((), device=users.device)
     for kind, rows in (("user", users), ("item", items)):
         if rows.numel() == 0:
             continue
@@ -393,7 +398,7 @@ def finetune_batch(model: Cllm4RecModel, pieces: PromptPieces, examples: Sequenc
     for row, (_, _, held) in enumerate(examples):
         for item in held:
             targets[row, model.item_index[item]] = 1.0
-    return RecBatch(enc_ids, enc_mask, targets)
+    return to_device(RecBatch(enc_ids, enc_mask, targets), model_device(model))
 
 
 def multinomial_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -407,18 +412,22 @@ def multinomial_loss(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Te
 class Cllm4RecRecommender:
     """History (+ optional user) in, top-k items out: one forward pass per batch."""
 
-    def __init__(self, model: Cllm4RecModel, tokenizer: PreTrainedTokenizerBase, *, max_history: int = 50):
+    def __init__(self, model: Cllm4RecModel, tokenizer: PreTrainedTokenizerBase, *, max_history: int = 50,
+                 autocast: Callable[[torch.device], Any] | None = None):
         self.model = model
         self.pieces = PromptPieces.from_tokenizer(tokenizer)
         self.max_history = max_history
+        self.autocast = autocast  # device -> the forward pass's context (the method's precision)
 
     @torch.inference_mode()
     def scores(self, histories: Sequence[Sequence[str]], users: Sequence[str | None] | None = None) -> torch.Tensor:
         users = list(users) if users is not None else [None] * len(histories)
         prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
                    for u, h in zip(users, histories, strict=True)]
-        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad)
-        return self.model.score_items(enc_ids, enc_mask)
+        device = model_device(self.model)
+        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
+        with self.autocast(device) if self.autocast is not None else contextlib.nullcontext():
+            return self.model.score_items(enc_ids, enc_mask).float()
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int, *, users: Sequence[str | None] | None = None,
                   exclude_history: bool = True, exclude_items: Sequence[Sequence[str]] | None = None,
@@ -429,7 +438,7 @@ class Cllm4RecRecommender:
         if not histories:
             return []
         scores = self.scores(histories, users).clone()
-        for row, history in enumerate(histories):
-            banned = [*(history if exclude_history else ()), *(exclude_items[row] if exclude_items else ())]
-            mask_row(scores, row, self.model.item_index, banned, allowed_items[row] if allowed_items else None)
+        banned = [[*(history if exclude_history else ()), *(exclude_items[row] if exclude_items else ())]
+                  for row, history in enumerate(histories)]
+        mask_rows(scores, self.model.item_index, banned, allowed_items)
         return top_items(scores, self.model.item_ids, k)

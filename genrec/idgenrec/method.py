@@ -11,6 +11,7 @@ import torch
 
 from ..bundle import Bundle
 from ..config import TrainConfig
+from ..device import model_device
 from ..errors import BundleError
 from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
 from ..modeling import load_t5
@@ -59,6 +60,9 @@ class IdGenRec(Method):
         return cls(load_t5(bundle.path / RECOMMENDER_DIR), load_t5(bundle.path / GENERATOR_DIR),
                    bundle.tokenizer, config, options)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.recommender_model, self.id_generator]
+
     def batch_key(self, k: int) -> int:
         """The beam width: a request's answer must not depend on its batch-mates' k."""
         return max(self.num_beams, k)
@@ -68,11 +72,13 @@ class IdGenRec(Method):
         if not queries:
             return []
         self.recommender.trie = trie
-        return self.recommender.recommend(
-            [q.history for q in queries], k, num_beams=self.batch_key(k), exclude_history=False,
-            exclude_items=[q.exclude for q in queries], allowed_items=[q.allowed for q in queries],
-            user_id_tokens=self.user_id_tokens(queries, trie, cache) if self.uses_user_ids else None,
-        )
+        user_id_tokens = self.user_id_tokens(queries, trie, cache) if self.uses_user_ids else None
+        with self.autocast(model_device(self.recommender_model)):
+            return self.recommender.recommend(
+                [q.history for q in queries], k, num_beams=self.batch_key(k), exclude_history=False,
+                exclude_items=[q.exclude for q in queries], allowed_items=[q.allowed for q in queries],
+                user_id_tokens=user_id_tokens,
+            )
 
     def user_id_tokens(self, queries: Sequence[Query], trie: TextualIdTrie,
                        cache: UserIdCache | None = None) -> list[list[int]]:
@@ -89,7 +95,7 @@ class IdGenRec(Method):
         found = cache.get_many(digests) if cache is not None else [self._user_ids.get(d) for d in digests]
         missing = [i for i, tokens in enumerate(found) if tokens is None]
         if missing:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast(model_device(self.id_generator)):
                 made = generate_user_ids(
                     self.id_generator, self.tokenizer, [histories[i] for i in missing],
                     max_words=self.user_id_max_words, max_source_length=self.mint_config.max_source_length,
@@ -111,7 +117,7 @@ class IdGenRec(Method):
         self._user_ids.clear()
 
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:
-        with torch.inference_mode():
+        with torch.inference_mode(), self.autocast(model_device(self.id_generator)):
             minted, _stats = mint_ids(
                 self.id_generator, self.tokenizer, [item.text for item in items], claim, self.mint_config,
                 progress=False, vocabulary_texts=[item.vocabulary_text for item in items],

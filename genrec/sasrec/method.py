@@ -11,7 +11,8 @@ import torch
 
 from ..bundle import Bundle
 from ..config import TrainConfig
-from ..item_table import mask_row, top_items
+from ..device import model_device
+from ..item_table import mask_rows, top_items
 from ..method import Claim, Method, NewItem, Query, Recommendation, RuntimeOptions, UserIdCache
 from ..tensors import pad_batch
 from ..textual_ids import MintedId, title_textual_id
@@ -38,6 +39,9 @@ class SasRec(Method):
         # The model folder holds its own sizes (sasrec.json); the config's are what trained it.
         return cls(load_sasrec(bundle.path / MODEL_DIR), bundle.tokenizer)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     def batch_key(self, k: int) -> None:
         return None  # one pass scores every item, each query padded alike: any k shares a batch
 
@@ -55,19 +59,21 @@ class SasRec(Method):
             return [[] for _ in queries]
         rows = [model.rows(q.history)[-model.max_len :] for q in queries]
         # Every query is padded to max_len, so its scores do not depend on its batch-mates.
-        batch, _ = pad_batch(rows, PAD, width=model.max_len, left=True)
+        device = model_device(model)
+        batch, _ = pad_batch(rows, PAD, width=model.max_len, left=True, device=device)
         was_training = model.training
         model.eval()
         try:
-            scores = model.last_scores(batch).float()
+            with self.autocast(device):
+                scores = model.last_scores(batch)
+            scores = scores.float()
         finally:
             model.train(was_training)
         # No known history item: the network has no state to read, so rank by training popularity.
         empty = [r for r, seq in enumerate(rows) if not seq]
         if empty:
             scores[empty] = torch.log1p(model.item_counts.float())
-        for r, query in enumerate(queries):
-            mask_row(scores, r, self.columns, query.exclude, query.allowed)
+        mask_rows(scores, self.columns, [q.exclude for q in queries], [q.allowed for q in queries])
         return top_items(scores, model.item_ids, k)
 
     def mint(self, items: Sequence[NewItem], claim: Claim) -> list[MintedId]:

@@ -121,7 +121,7 @@ def test_the_loss_is_on_the_main_text_only(setup):
         F.cross_entropy(logits[0, p], torch.tensor(t)) for p, t in enumerate([3, 0, 8])
     ] + [F.cross_entropy(logits[1, 0], torch.tensor(5))]).mean()
     loss, parts = doc_loss(model, batch, "collab", reg_lambda=0.0)
-    assert parts["nll"] == pytest.approx(float(manual.detach()), rel=1e-5)
+    assert float(parts["nll"]) == pytest.approx(float(manual.detach()), rel=1e-5)
 
     text = tokenizer.encode(TEXTS["3"], add_special_tokens=False)
     cbatch = content_batch(model, pieces, [("3", text)])

@@ -1,7 +1,7 @@
 """One rank of the DDP test (tests/training/test_ddp.py); started by torchrun, not by pytest.
 
 Trains a tiny recommender on a tiny split, with plain and with length-grouped batches, and
-writes `{out_dir}/rank{rank}.json` with, for each, the example indices of every batch this rank
+writes `{out_dir}/rank{rank}.json` with the device it trained on and, for each, the example indices of every batch this rank
 trained on, per epoch, as the training loop reports them while it collates (not recomputed),
 and a hash of the weights after training.
 """
@@ -36,9 +36,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, device_name: str = "cpu") -> None:
     torch.set_num_threads(1)
-    init_distributed()
+    device = init_distributed(device_name)  # cuda: this rank's GPU (LOCAL_RANK), nccl; cpu: gloo
     rank, world = distributed_world()
     rng = random.Random(0)  # the same data on every rank
     items = [f"i{n}" for n in range(20)]
@@ -50,17 +50,19 @@ def main(out_dir: Path) -> None:
         sequence = rng.sample(items, rng.randint(5, 8))
         train[f"u{u}"], valid[f"u{u}"], test[f"u{u}"] = sequence[:-2], sequence[-2], sequence[-1]
     split = SplitData(train=train, valid=valid, test=test)
-    result = {"rank": rank, "world": world}
+    result = {"rank": rank, "world": world, "device": str(device),
+              "backend": dist.get_backend() if dist.is_initialized() else None}
     for name, grouped in (("plain", False), ("length_grouped", True)):
-        result[name] = train_once(tokenizer, split, item_tokens, grouped)
+        result[name] = train_once(tokenizer, split, item_tokens, grouped, device)
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
 
-def train_once(tokenizer, split: SplitData, item_tokens: dict[str, list[int]], grouped: bool) -> dict:
-    model = build_t5(TINY, tokenizer, seed=0)
+def train_once(tokenizer, split: SplitData, item_tokens: dict[str, list[int]], grouped: bool,
+               device: torch.device) -> dict:
+    model = build_t5(TINY, tokenizer, seed=0).to(device)
     initial = weights_sha256(model)
     batches: dict[int, list[list[int]]] = {}  # epoch -> the indices of each batch, in order
 
@@ -99,4 +101,4 @@ def train_once(tokenizer, split: SplitData, item_tokens: dict[str, list[int]], g
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

@@ -1,5 +1,6 @@
 """Data-parallel training of the recommender under torchrun: 2 CPU processes, gloo; with plain
-and with length-grouped batches."""
+and with length-grouped batches. The same test on 2 GPUs (nccl, a rank a GPU) where there are
+two."""
 
 import json
 import math
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,6 +18,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_path):
+    results = run_two_ranks(tmp_path, "cpu")
+    for r in results.values():
+        assert r["device"] == "cpu" and r["backend"] == "gloo"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (nccl takes one GPU per rank)")
+def test_two_gpu_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_path):
+    results = run_two_ranks(tmp_path, "cuda")
+    assert {r["device"] for r in results.values()} == {"cuda:0", "cuda:1"}  # each rank its LOCAL_RANK's GPU
+    assert {r["backend"] for r in results.values()} == {"nccl"}
+
+
+def run_two_ranks(tmp_path: Path, device: str) -> dict:
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -28,6 +44,7 @@ def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_p
         "--nproc_per_node=2",
         str(WORKER),
         str(tmp_path),
+        device,
     ]
     try:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -47,6 +64,7 @@ def test_two_ranks_train_on_disjoint_shards_and_end_with_identical_weights(tmp_p
         assert plain != grouped
         for epoch in range(2):
             assert sorted(i for b in plain[epoch] for i in b) == sorted(i for b in grouped[epoch] for i in b)
+    return results
 
 
 def check_ranks(first: dict, second: dict) -> None:

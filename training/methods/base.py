@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from genrec.bundle import BundleItem
@@ -35,6 +36,9 @@ class RunContext:
     # Validation NDCG@10 of a method (leave-one-out, full ranking) on the first `users` users
     # (None: all); the trainers call it after each epoch and keep the best epoch.
     validate: Callable[[Method, int | None], float]
+    # Where the models train (genrec.device; this rank's GPU under torchrun): the trainer puts
+    # each model there when it builds it, and the loop moves the batches to the model.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 @dataclass

@@ -159,7 +159,7 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
         value = multinomial_loss(model_.score_items(batch.enc_ids, batch.enc_mask), batch.targets)
         if cfg.reg_lambda:
             user_rows = torch.tensor(sorted({model_.user_index[u] for u, _, _ in chunk if u is not None}),
-                                     dtype=torch.long)
+                                     dtype=torch.long, device=batch.targets.device)
             item_rows = batch.targets.sum(0).nonzero().flatten()
             value = value + cfg.reg_lambda * mutual_regularization(model_, "collab", user_rows, item_rows)
         return value
@@ -252,6 +252,7 @@ class Cllm4RecTrainer(Trainer):
         id_stats["users"] = len(user_ids)
         item_text_ids = {i: encode_text(tokenizer, text) for i, text in zip(item_ids, texts, strict=True)}
         model, pieces = build_model(cfg, tokenizer, user_ids, item_ids, config.seed)
+        model.to(ctx.device)
         train_items, _held = holdout_split(split, cfg.holdout_share, config.seed)
         timings["model_setup"] = time.perf_counter() - t
 
@@ -260,6 +261,7 @@ class Cllm4RecTrainer(Trainer):
         timings["pretraining"] = time.perf_counter() - t
 
         method = Cllm4Rec(model, tokenizer, config)
+        method.precision = config.precision  # validation runs as the service would
         trie = items_trie(items, tokenizer.eos_token_id)
         t = time.perf_counter()
         history.update(finetune(

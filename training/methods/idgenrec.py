@@ -33,7 +33,7 @@ class IdGenRecTrainer(Trainer):
         metadata = [dataset.catalog.items[i] for i in item_ids]
 
         t = time.perf_counter()
-        generator = build_t5(config.generator.model, tokenizer, seed=config.seed)
+        generator = build_t5(config.generator.model, tokenizer, seed=config.seed).to(ctx.device)
         warm_loss = warm_up_generator(
             generator, tokenizer, texts, keyword_targets(metadata, config.generator.keyword_count),
             epochs=config.generator.warmup_epochs, lr=config.generator.lr, batch_size=config.generator.batch_size,
@@ -52,8 +52,9 @@ class IdGenRecTrainer(Trainer):
             f"raised penalty {stats.raised_penalty}, raised length {stats.raised_length}, suffixed {stats.suffixed}")
 
         eos = tokenizer.eos_token_id
-        recommender_model = build_t5(config.recommender.model, tokenizer, seed=config.seed + 1)
+        recommender_model = build_t5(config.recommender.model, tokenizer, seed=config.seed + 1).to(ctx.device)
         method = IdGenRec(recommender_model, generator, tokenizer, config)
+        method.precision = config.precision  # validation runs as the service would
         method.recommender.trie = build_trie(item_ids, ids.item_tokens, eos)
         user_ids = None
         if uses_user_ids(config):

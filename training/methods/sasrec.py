@@ -101,9 +101,10 @@ class SasRecTrainer(Trainer):
 
         t = time.perf_counter()
         torch.manual_seed(config.seed)
-        model = build_model(item_ids, cfg)
+        model = build_model(item_ids, cfg).to(ctx.device)
         model.set_item_counts(Counter(i for seq in split.train.values() for i in seq))
         method = SasRec(model, ctx.tokenizer)
+        method.precision = config.precision  # validation runs as the service would
         trie = items_trie(items, ctx.tokenizer.eos_token_id)
         sequences = training_sequences(model, split.train)
         if not sequences:
