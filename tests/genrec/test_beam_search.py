@@ -241,7 +241,9 @@ def test_batched_equals_one_at_a_time(model, sequences, prompts, tokenizer, num_
             model, [prompt], trie.tables(), num_beams=num_beams, k=k, exclude=[banned]
         )
         assert [s.item_index for s in got] == [s.item_index for s in single[0]]
-        assert_same_ranking(got, single[0], tol=1e-5)
+        # Same order exactly; scores within 1e-4: a padded batch sums in another order, and at
+        # scores near -63 float32's step is 7.6e-6 (seen 1.1e-5 apart on this machine).
+        assert_same_ranking(got, single[0])
 
 
 def test_overlay_items_are_returned(model, sequences, prompts, tokenizer):
