@@ -35,6 +35,9 @@ class RunContext:
     # Validation NDCG@10 of a method (leave-one-out, full ranking) on the first `users` users
     # (None: all); the trainers call it after each epoch and keep the best epoch.
     validate: Callable[[Method, int | None], float]
+    # Item id -> the textual ID it had in the previous version (--previous-bundle), which it keeps
+    # where the tokenizer allows (training.stable_ids); {}: every ID is new.
+    previous_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
