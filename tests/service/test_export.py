@@ -212,3 +212,23 @@ async def test_the_bundle_names_the_catalog_and_the_base_data(make_settings, bun
         from .conftest import delete_namespace
 
         delete_namespace(redis_url, catalog)
+
+
+async def test_an_export_from_a_redis_cluster(make_settings, tmp_path, capsys):
+    """The catalog's keys share one slot of a 3-master cluster: the boundary script runs on its
+    node, and SCAN walks every master."""
+    from .redis_cluster import LocalCluster
+
+    with LocalCluster(tmp_path / "cluster", masters=3) as cluster:
+        settings = make_settings(redis_url=cluster.seeds_url, redis_cluster=True, catalog="exported")
+        async with serve(settings) as (_app, client):
+            assert (await client.post("/v1/items", json=NEW_ITEMS[0])).status_code == 201
+            events = [{"user_id": f"u{u}", "item_id": item, "timestamp": 1000 + n}
+                      for u in range(3) for n, item in enumerate(["m1", "new-1", "m2"])]
+            assert (await client.post("/v1/events", json={"events": events})).status_code == 200
+        out = tmp_path / "export"
+        assert serve_main(["export", "--redis", cluster.seeds_url, "--cluster", "--catalog", "exported",
+                           "--dataset", "synthetic", "--out", str(out)]) == 0
+    manifest = read_export_manifest(out)
+    assert manifest["items"]["bundle"] == N_ITEMS and manifest["items"]["minted"] == 1
+    assert sorted(read_inter(out)) == sorted((e["user_id"], e["item_id"], float(e["timestamp"])) for e in events)
