@@ -36,7 +36,7 @@ def write_export(folder, base_dir, ids: dict[str, str], *, base=True):
             ("99", "2", 2001.0), ("99", "7", 2002.0)]
     if (base_dir / "synth.inter").is_file():
         first = (base_dir / "synth.inter").read_text().splitlines()[1].split("\t")
-        rows.append((first[0], first[1], float(first[3])))  # a base event posted again
+        rows.append((first[0], first[1], float(first[-1])))  # a base event posted again
     (folder / "synth.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
                                         + "".join(f"{u}\t{i}\t{t!r}\n" for u, i, t in rows))
     catalog = [{"item_id": i, "textual_id": t, "source": "bundle"} for i, t in ids.items()]
@@ -140,3 +140,21 @@ def test_every_mint_keeps_the_kept_ids(tokenizer):
         assert minted[0].textual_id == "star wars" and minted[2].textual_id == "fargo crime"
         assert minted[1].textual_id not in ("star wars", "fargo crime")
         assert stats.items == 3 and stats.kept == 2
+
+
+def test_an_export_of_a_bundle_trained_on_an_export_stacks_on_it(tmp_path):
+    """The next service's export names the last export as its base: the chain is read whole."""
+    write_atomic_dataset(tmp_path / "data")
+    write_export(tmp_path / "week1", tmp_path / "data", {})
+    (tmp_path / "week2").mkdir()
+    write_export(tmp_path / "week2" / "x", tmp_path / "week1", {})
+    week2 = tmp_path / "week2" / "x"
+    (week2 / "synth.item").write_text("item_id:token\ttitle:token_seq\n43\tThird Week Hit\n")
+    (week2 / "synth.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n99\t43\t3000.0\n")
+    dataset = load_dataset("synth", week2, kcore=0)
+    assert list(dataset.catalog.items)[-3:] == ["41", "42", "43"]
+    assert dataset.split.test["99"] == "43" and dataset.split.valid["99"] == "7"
+    (week2 / MANIFEST_NAME).write_text((week2 / MANIFEST_NAME).read_text().replace(
+        str(tmp_path / "week1"), str(week2)))  # an export based on itself
+    with pytest.raises(DataError, match="more than 64 deep"):
+        load_dataset("synth", week2, kcore=0)
