@@ -227,7 +227,7 @@ def read_events(reader: CatalogReader, boundary: dict, known: set[str]) -> tuple
                 continue
             item_id = member_item(member)
             if item_id not in known:
-                unknown += 1  # not in the catalog at the boundary (cannot happen unless Redis lost it)
+                unknown += 1  # not among the exported items (an id unfit for a tab-separated file, or lost by Redis)
                 continue
             rows.append((user_id, item_id, float(score)))
             kept += 1
