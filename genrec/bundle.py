@@ -267,14 +267,14 @@ def write_bundle(
             "files": _checksums(tmp),
         }
         _write_manifest(tmp, manifest)  # last: a folder without it is not a bundle
-        _swap_into_place(tmp, out_dir)
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+def swap_into_place(tmp: Path, out_dir: Path) -> None:
     old: Path | None = None
     if out_dir.exists() or out_dir.is_symlink():
         old = out_dir.with_name(f"{out_dir.name}.old-{secrets.token_hex(4)}")

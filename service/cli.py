@@ -1,4 +1,6 @@
 """`genrec-serve --bundle DIR [--host H] [--port P]`: the service under uvicorn.
+`genrec-serve export --bundle DIR --out OUT`: the service's catalog and users' events as a dataset
+(service/export.py; `genrec-serve export --help`).
 
 Every other setting comes from the environment (see service/settings.py). A bad bundle or a
 bad setting stops the start with one clear line on stderr and exit code 2. SIGTERM stops it
@@ -29,7 +31,14 @@ def _settings_error(exc: ValidationError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genrec-serve", description="Serve a genrec bundle over HTTP.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        from .export import main as export_main
+
+        return export_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="genrec-serve", description="Serve a genrec bundle over HTTP.",
+        epilog="genrec-serve export --help: write the catalog and the users' events as a dataset.")
     parser.add_argument("--bundle", help="bundle folder (default: $GENREC_BUNDLE)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")

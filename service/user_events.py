@@ -11,10 +11,14 @@ events, whatever its users, is one atomic script):
     uevid:<user_id>  -> sorted set: the user's event ids seen, score = when received (ms, Redis
                         clock); an id is forgotten `id_ttl_ms` after it was received, and past the
                         user's newest `ids_per_user` ids; the key expires with its newest id.
-    useq:<user_id>   -> the user's arrival counter (INCR)
+    eseq             -> the catalog's arrival counter (INCR per stored event), which numbers the
+                        members of every `user:<user_id>`; it starts at SEQ_START, above the
+                        per-user counters (`useq:<user_id>`) that numbered the members before it
 
-What a later export needs (user, item, timestamp) is in `user:*`, scannable per catalog with
-`SCAN MATCH genrec:\\{<catalog>\\}:user:*`.
+One counter for the whole catalog, rather than one per user, gives an export its boundary in one
+read (service/export.py): the events stored before it are exactly the members numbered up to the
+counter's value then, whichever user they belong to (a batch of events is one script, so it is
+wholly before or wholly after).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SEQ_DIGITS = 16  # the arrival number's width in a member: "<seq>:<item_id>"
+# The first value of the catalog's counter: above any per-user counter of the members stored
+# before it (so they count as stored before any export boundary), far below 2^53 (Lua numbers).
+SEQ_START = 1 << 48
 
-# Adds a batch of events. KEYS: per user (in ARGV's user numbering, from 0) its events, event-id
-# and counter keys. ARGV: keep, id_ttl_ms, ids_per_user, then per event its user's number, item
-# id, timestamp ('' : now, by the Redis clock) and event id ('' : none). Returns {accepted,
+# Adds a batch of events. KEYS: the catalog's counter, then per user (in ARGV's user numbering,
+# from 0) its events and event-id keys. ARGV: keep, id_ttl_ms, ids_per_user, SEQ_START (the counter's
+# first value), then per event its user's number, item id, timestamp ('' : now, by the Redis clock) and event id ('' : none). Returns {accepted,
 # duplicates}. An event whose id the user sent within id_ttl_ms is a duplicate: not stored again.
 _ADD_EVENTS = """
 local keep, id_ttl, id_cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -34,8 +41,9 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local accepted, duplicates, touched = 0, 0, {}
-for i = 4, #ARGV, 4 do
-  local base = tonumber(ARGV[i]) * 3
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[4]) end
+for i = 5, #ARGV, 4 do
+  local base = tonumber(ARGV[i]) * 2 + 1
   local event_id = ARGV[i + 3]
   local fresh = true
   if event_id ~= '' then
@@ -49,7 +57,7 @@ for i = 4, #ARGV, 4 do
   if fresh then
     local ts = ARGV[i + 2]
     if ts == '' then ts = now_s end
-    local seq = redis.call('INCR', KEYS[base + 3])
+    local seq = redis.call('INCR', KEYS[1])
     redis.call('ZADD', KEYS[base + 1], ts, string.format('%0""" + str(SEQ_DIGITS) + """x', seq) .. ':' .. ARGV[i + 1])
     accepted = accepted + 1
   else
@@ -67,6 +75,21 @@ for base in pairs(touched) do
 end
 return {accepted, duplicates}
 """
+
+
+def seq_key(prefix: str) -> str:
+    """The catalog's arrival counter, under its namespace `prefix`."""
+    return f"{prefix}eseq"
+
+
+def member_seq(member: str) -> int:
+    """The arrival number of a `user:<user_id>` member."""
+    return int(member[:SEQ_DIGITS], 16)
+
+
+def member_item(member: str) -> str:
+    """The item id of a `user:<user_id>` member."""
+    return member[SEQ_DIGITS + 1 :]
 
 
 @dataclass(frozen=True)
@@ -102,19 +125,20 @@ class UserEventStore:
     def ids_key(self, user_id: str) -> str:
         return f"{self.prefix}uevid:{user_id}"
 
-    def seq_key(self, user_id: str) -> str:
-        return f"{self.prefix}useq:{user_id}"
+    @property
+    def seq_key(self) -> str:
+        return seq_key(self.prefix)
 
     async def add(self, events: Sequence[UserEvent]) -> tuple[int, int]:
         """(accepted, duplicates): the whole batch in one script, atomic on the slot's node. Without
         an event_id a retried batch is stored again; with one, a repeat is not."""
         users: dict[str, int] = {}
-        args: list[str | int] = [self.keep, self.id_ttl_ms, self.ids_per_user]
+        args: list[str | int] = [self.keep, self.id_ttl_ms, self.ids_per_user, SEQ_START]
         for event in events:
             number = users.setdefault(event.user_id, len(users))
             timestamp = "" if event.timestamp is None else repr(float(event.timestamp))
             args += [number, event.item_id, timestamp, event.event_id or ""]
-        keys = [key for user in users for key in (self.events_key(user), self.ids_key(user), self.seq_key(user))]
+        keys = [self.seq_key] + [key for user in users for key in (self.events_key(user), self.ids_key(user))]
         accepted, duplicates = await self.client.eval(_ADD_EVENTS, len(keys), *keys, *args)
         return int(accepted), int(duplicates)
 
@@ -123,4 +147,4 @@ class UserEventStore:
         with none."""
         start = -last if last else 0
         rows = await self.client.zrange(self.events_key(user_id), start, -1, withscores=True)
-        return [StoredEvent(member[SEQ_DIGITS + 1 :], float(score)) for member, score in rows]
+        return [StoredEvent(member_item(member), float(score)) for member, score in rows]

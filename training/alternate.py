@@ -38,6 +38,7 @@ from .id_generator import mint_catalog
 from .loop import distributed_world, fit
 from .recommender import choose_template, train_recommender, training_pairs
 from .soft_ids import greedy_soft_decode, insert_soft_ids, soft_id_embeddings
+from .stable_ids import KeptId
 
 Pair = tuple[str, list[str], str]
 
@@ -88,9 +89,12 @@ class IdState:
 
 def mint_state(
     generator, tokenizer, item_ids: Sequence[str], texts: Sequence[str], vocabulary_texts: Sequence[str],
-    config: MintConfig, progress: bool = True,
+    config: MintConfig, progress: bool = True, kept: Sequence[KeptId | None] | None = None,
 ) -> IdState:
-    minted, stats = mint_catalog(generator, tokenizer, list(texts), list(vocabulary_texts), config, progress=progress)
+    """The catalog's IDs minted by `generator`; `kept[i]`: an ID item i keeps instead (never minted
+    again, in no phase: training.stable_ids)."""
+    minted, stats = mint_catalog(generator, tokenizer, list(texts), list(vocabulary_texts), config, progress=progress,
+                                 kept=kept)
     return IdState(minted, stats, {item: list(m.token_ids) for item, m in zip(item_ids, minted, strict=True)})
 
 
@@ -301,11 +305,13 @@ def train_alternating(
     validate: Callable[[torch.nn.Module], float] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    kept: Sequence[KeptId | None] | None = None,
 ) -> tuple[IdState, dict]:
     """Runs `phase_schedule`; returns the final IDs (what the bundle ships) and the history.
 
     `recommender` (an IdGenRecRecommender over `recommender_model`) gets the new trie after
-    each re-mint, so validation decodes over the current IDs.
+    each re-mint, so validation decodes over the current IDs. `kept`: IDs that every re-mint
+    keeps (training.stable_ids); only the other items' IDs change.
     """
     alt = config.alternate
     rank, _ = distributed_world()
@@ -334,7 +340,8 @@ def train_alternating(
             )
             _sync_from_rank0(generator)
             previous = ids
-            ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary_texts, config.generator.mint, progress)
+            ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary_texts, config.generator.mint, progress,
+                             kept=kept)
             recommender.trie = build_trie(item_ids, ids.item_tokens, eos)
             if user_ids is not None:
                 user_ids.refresh(ids.item_tokens)

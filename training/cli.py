@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from genrec.config import apply_override
-from genrec.errors import GenRecError
+from genrec.errors import DataError, GenRecError
 
 from .presets import PRESETS, preset
 
@@ -20,6 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set recommender.epochs=3 (repeatable)",
     )
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="data folder (sets data.data_dir): RecBole atomic files, Amazon files, or a "
+                          "`genrec-serve export` folder, read over the data its bundle was trained on")
+    run.add_argument("--previous-bundle", type=Path, default=None,
+                     help="the bundle this one follows: its items (and an export's minted items) keep their "
+                          "textual IDs where the new tokenizer allows")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     _device_arguments(run)
     compare = sub.add_parser("compare", help="every method and the baselines on one split, with intervals")
@@ -69,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             config = preset(args.config)
             for assignment in args.overrides + _device_overrides(args):
                 apply_override(config, assignment)
-            run(config, args.out, progress=not args.no_progress)
+            if args.data_dir is not None:
+                if not args.data_dir.is_dir():
+                    raise DataError(f"--data-dir {args.data_dir}: not a folder")
+                config.data.data_dir = str(args.data_dir.absolute())
+            if args.previous_bundle is not None and not (args.previous_bundle / "items.jsonl").is_file():
+                raise DataError(f"--previous-bundle {args.previous_bundle}: not a bundle (no items.jsonl)")
+            run(config, args.out, progress=not args.no_progress, previous_bundle=args.previous_bundle)
         elif args.command == "compare":
             from .comparison import compare
 

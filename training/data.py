@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from genrec.errors import ConfigError, DataError
+from genrec.exports import is_export, read_export_manifest
 from genrec.item_text import flatten_item_text
 
 __all__ = [
@@ -257,11 +258,14 @@ def _read_atomic(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, d
         yield number, row
 
 
-def load_recbole_atomic(folder: Path, name: str | None = None) -> tuple[ItemMetadata, list[Interaction]]:
+def load_recbole_atomic(folder: Path, name: str | None = None, *,
+                        allow_empty: bool = False) -> tuple[ItemMetadata, list[Interaction]]:
     """Read ``<name>.inter`` (required) and ``<name>.item`` (optional) from a RecBole atomic folder.
 
     Order: items of the .item file in file order, then items seen only in the .inter file
     (with empty metadata). Without a .item file every interacted item gets empty metadata.
+    `allow_empty`: a .inter file with only its header is no error (an export of a service that
+    stored no events yet).
     """
     folder = Path(folder)
     name = name or folder.name
@@ -282,7 +286,7 @@ def load_recbole_atomic(folder: Path, name: str | None = None) -> tuple[ItemMeta
         ts = _parse_timestamp(row["timestamp"], f"{inter_path}, line {number}")
         interactions.append(Interaction(row["user_id"], row["item_id"], ts))
         items.setdefault(row["item_id"], {})
-    if not interactions:
+    if not interactions and not allow_empty:
         raise DataError(f"{inter_path}: no interactions (only a header)")
     return ItemMetadata(items), interactions
 
@@ -529,6 +533,50 @@ def _load_source(name: str, data_dir: Path | None) -> tuple[ItemMetadata, list[I
     )
 
 
+# An export's base may itself be an export (each retraining exports on top of the last); a chain
+# longer than this is a loop.
+MAX_EXPORT_CHAIN = 64
+
+
+def load_export(folder: Path, depth: int = 0) -> tuple[ItemMetadata, list[Interaction], str, set[str]]:
+    """A `genrec-serve export` folder with its base (the data the exported bundle was trained on,
+    itself possibly an export): (catalog, interactions, source, the export's items).
+
+    The base comes first: its items in its order, then the export's items it lacks; its
+    interactions, then the export's, less those the base holds already (the same user, item and
+    timestamp: events a client posted again). A base item keeps the base's metadata (the export
+    holds a bundle item's fields read back from its flattened text)."""
+    folder = Path(folder)
+    manifest = read_export_manifest(folder)
+    catalog, interactions = load_recbole_atomic(folder, manifest["name"], allow_empty=True)
+    source = f"{folder} (export of catalog {manifest.get('catalog')})"
+    keep = set(catalog.items)
+    base = manifest.get("base")
+    if base is None:
+        if not interactions:
+            raise DataError(f"{folder / (manifest['name'] + '.inter')}: no interactions, and the export has no base "
+                            f"to train on (it was written with --no-base)")
+        return catalog, interactions, source, keep
+    if depth >= MAX_EXPORT_CHAIN:
+        raise DataError(f"{folder}: exports based on exports more than {MAX_EXPORT_CHAIN} deep (a loop?)")
+    base_dir = Path(base["data_dir"]) if base.get("data_dir") else None
+    try:
+        if is_export(base_dir):
+            base_catalog, base_interactions, base_source, base_keep = load_export(base_dir, depth + 1)
+            keep |= base_keep
+        else:
+            base_catalog, base_interactions, base_source = _load_source(base["dataset"], base_dir)
+    except DataError as exc:
+        raise DataError(f"{folder}: the export's base data ({base['dataset']}"
+                        f"{', ' + str(base_dir) if base_dir else ''}) cannot be read: {exc}") from None
+    items = dict(base_catalog.items)
+    for item_id, meta in catalog.items.items():
+        items.setdefault(item_id, meta)
+    seen = {(x.user_id, x.item_id, x.timestamp) for x in base_interactions}
+    merged = base_interactions + [x for x in interactions if (x.user_id, x.item_id, x.timestamp) not in seen]
+    return ItemMetadata(items), merged, f"{source} + {base_source}", keep
+
+
 def load_dataset(
     name: str, data_dir: Path | None = None, kcore: int = 5, max_text_chars: int = 1024
 ) -> Dataset:
@@ -536,11 +584,17 @@ def load_dataset(
 
     ``name`` is a RecBole atomic name ('ml-100k', read from the recbole package unless
     ``data_dir`` is given) or 'amazon:<Category>' (needs ``data_dir``); a ``data_dir`` holding
-    reviews_*/meta_* files is read as Amazon data whatever the name. The catalog keeps the items
-    that occur in the filtered interactions, in catalog-file order. Items without any metadata get
-    the text 'item: <id>' so that no item has an empty text to mint an ID from.
+    reviews_*/meta_* files is read as Amazon data whatever the name, and one holding an
+    export.json as a `genrec-serve export` over its base data (`load_export`). The catalog keeps
+    the items that occur in the filtered interactions, in catalog-file order, and every item of an
+    export (the service's catalog carries over whole, items without events included). Items without
+    any metadata get the text 'item: <id>' so that no item has an empty text to mint an ID from.
     """
-    catalog, interactions, source = _load_source(name, data_dir)
+    if is_export(data_dir):
+        catalog, interactions, source, keep = load_export(Path(data_dir))
+    else:
+        catalog, interactions, source = _load_source(name, data_dir)
+        keep = set()
     filtered = kcore_filter(interactions, kcore)
     if not filtered:
         raise DataError(
@@ -551,7 +605,7 @@ def load_dataset(
         split = leave_one_out(build_sequences(filtered))
     except DataError as exc:
         raise DataError(f"{source}: {exc}") from None
-    used = {x.item_id for x in filtered}
+    used = {x.item_id for x in filtered} | keep
     kept = ItemMetadata({item_id: meta for item_id, meta in catalog.items.items() if item_id in used})
     item_text = {}
     for item_id, meta in kept.items.items():

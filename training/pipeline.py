@@ -35,6 +35,7 @@ from .loop import distributed_world, training_precision
 from .methods import Trainer, trainer_for
 from .methods.base import RunContext, Trained
 from .report import metrics_table, plot_id_lengths, plot_training, write_report
+from .stable_ids import previous_ids
 from .tokenizer_training import tokenizer_from_pretrained, train_tokenizer
 
 # eval.json keys written by every run; a trainer's extra_evaluation adds its own beside them.
@@ -81,8 +82,10 @@ def make_tokenizer(config: TrainConfig, trainer: Trainer, dataset: Dataset):
     return train_tokenizer(corpus, config.tokenizer.vocab_size)
 
 
-def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
-    """Trains the config's method and writes the bundle to `out` (rank 0). Returns eval.json's content."""
+def run(config: TrainConfig, out: Path, progress: bool = True, previous_bundle: Path | None = None) -> dict:
+    """Trains the config's method and writes the bundle to `out` (rank 0). Returns eval.json's content.
+    `previous_bundle`: the items it held (and those of the export the data is, when it is one) keep
+    their textual IDs where the new tokenizer allows (training.stable_ids)."""
     trainer = trainer_for(config.kind)
     check_precision(config.precision)
     device = init_distributed(config.device)
@@ -95,6 +98,7 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         started = time.perf_counter()
+        previous = previous_ids(previous_bundle, config.data.data_dir)
         dataset = load_config_dataset(config)
         view = cold_view(dataset, config.data.cold_items)
         seen = view.train  # what training may see: everything but the withheld new items
@@ -109,7 +113,7 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
                                    batch_size=config.eval.batch_size, progress=False)["ndcg@10"]
 
         ctx = RunContext(config=config, dataset=seen, tokenizer=tokenizer, progress=progress, log=log,
-                         validate=validate, device=device)
+                         validate=validate, device=device, previous_ids=previous)
         with training_precision(config.precision):
             trained = trainer.train(ctx)
         timings.update(trained.timings)
@@ -128,6 +132,10 @@ def run(config: TrainConfig, out: Path, progress: bool = True) -> dict:
             log("\n" + metrics_table(result, "test", trained.method.label))
             for line in trainer.report_sections(result):
                 log(line)
+            if previous_bundle is not None:
+                kept = trained.id_stats.get("previous", {})
+                log(f"textual IDs: {kept.get('kept', 0)} of the {kept.get('previous_items', 0)} items of the "
+                    f"previous version kept theirs ({kept.get('kept_share', 0.0):.1%})")
             log(f"bundle written to {out} in {timings['total']:.0f} s")
         finished = True
         return result

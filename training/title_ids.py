@@ -4,13 +4,20 @@
 from collections.abc import Sequence
 
 from genrec.bundle import BundleItem
-from genrec.textual_ids import claim_in, title_textual_id
+from genrec.textual_ids import MintedId, claim_in, title_textual_id
+
+from .stable_ids import kept_ids, kept_stats
 
 
-def title_id_items(tokenizer, item_ids: Sequence[str], texts: Sequence[str]) -> tuple[list[BundleItem], dict]:
-    """(bundle items, id_stats): unique IDs claimed in catalog order in an in-memory set."""
-    claim = claim_in(set())
-    minted = [title_textual_id(tokenizer, text, claim) for text in texts]
+def title_id_items(tokenizer, item_ids: Sequence[str], texts: Sequence[str],
+                   previous: dict[str, str] | None = None) -> tuple[list[BundleItem], dict]:
+    """(bundle items, id_stats): unique IDs claimed in catalog order in an in-memory set.
+    `previous`: item id -> textual ID an item keeps where the tokenizer allows
+    (training.stable_ids); the others' IDs are made around the kept ones."""
+    kept = kept_ids(tokenizer, item_ids, previous) if previous else [None] * len(item_ids)
+    claim = claim_in({k[0] for k in kept if k is not None})
+    minted = [MintedId(k[0], k[1], 0.0, 0, suffixed=False) if k is not None else title_textual_id(tokenizer, text, claim)
+              for k, text in zip(kept, texts, strict=True)]
     eos = tokenizer.eos_token_id
     items = [BundleItem(i, m.textual_id, list(m.token_ids) + [eos], text)
              for i, m, text in zip(item_ids, minted, texts, strict=True)]
@@ -19,4 +26,6 @@ def title_id_items(tokenizer, item_ids: Sequence[str], texts: Sequence[str]) -> 
         "mean_words": sum(len(m.textual_id.split(" ")) for m in minted) / max(len(minted), 1),
         "suffixed": sum(m.suffixed for m in minted),
     }
+    if previous:
+        stats["previous"] = kept_stats(item_ids, previous, kept)
     return items, stats

@@ -50,6 +50,7 @@ class MintStats:
     raised_length: int = 0
     suffixed: int = 0
     generator_calls: int = 0
+    kept: int = 0  # IDs a previous version gave (training's --previous-bundle), not minted again
     length_histogram: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -127,7 +128,7 @@ def mint_ids(
     stats.raised_penalty = len(was_raised_penalty)
     stats.raised_length = len(was_raised_length)
     stats.suffixed = sum(r.suffixed for r in minted)
-    _fill_length_stats(stats, minted)
+    fill_length_stats(stats, minted)
     return minted, stats
 
 
@@ -205,7 +206,8 @@ def _suffixed(tokenizer, base: str, claim: Callable[[str], bool], config: MintCo
     return suffixed_id(tokenizer, base, claim, max_suffix=config.max_suffix, penalty=config.penalty_max)
 
 
-def _fill_length_stats(stats: MintStats, minted: Sequence[MintedId]) -> None:
+def fill_length_stats(stats: MintStats, minted: Sequence[MintedId]) -> None:
+    """The ID length figures of `stats`, over `minted`."""
     if not minted:
         return
     words = [len(m.textual_id.split(" ")) for m in minted]

@@ -39,6 +39,9 @@ class RunContext:
     # Where the models train (genrec.device; this rank's GPU under torchrun): the trainer puts
     # each model there when it builds it, and the loop moves the batches to the model.
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Item id -> the textual ID it had in the previous version (--previous-bundle), which it keeps
+    # where the tokenizer allows (training.stable_ids); {}: every ID is new.
+    previous_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

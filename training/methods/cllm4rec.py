@@ -248,7 +248,7 @@ class Cllm4RecTrainer(Trainer):
         user_ids = list(split.train)
         texts = [dataset.item_text[i] for i in item_ids]
         # Textual IDs (for the API): title words, unique, minted before the vocabulary extension.
-        items, id_stats = title_id_items(tokenizer, item_ids, texts)
+        items, id_stats = title_id_items(tokenizer, item_ids, texts, ctx.previous_ids)
         id_stats["users"] = len(user_ids)
         item_text_ids = {i: encode_text(tokenizer, text) for i, text in zip(item_ids, texts, strict=True)}
         model, pieces = build_model(cfg, tokenizer, user_ids, item_ids, config.seed)

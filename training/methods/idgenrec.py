@@ -15,6 +15,7 @@ from genrec.modeling import build_t5
 from ..alternate import UserIds, build_trie, mint_state, train_alternating, uses_user_ids
 from ..id_generator import warm_up_generator
 from ..keywords import keyword_targets
+from ..stable_ids import kept_ids, kept_stats
 from .base import RunContext, Trained, Trainer
 
 
@@ -44,12 +45,14 @@ class IdGenRecTrainer(Trainer):
 
         t = time.perf_counter()
         vocabulary_texts = [metadata_values_text(m) for m in metadata]
+        kept = kept_ids(tokenizer, item_ids, ctx.previous_ids) if ctx.previous_ids else None
         ids = mint_state(generator, tokenizer, item_ids, texts, vocabulary_texts, config.generator.mint,
-                         progress=ctx.progress)
+                         progress=ctx.progress, kept=kept)
         timings["minting"] = time.perf_counter() - t
         stats = ids.stats
         log(f"IDs: {stats.items} unique, mean {stats.mean_words:.2f} words / {stats.mean_tokens:.2f} tokens, "
-            f"raised penalty {stats.raised_penalty}, raised length {stats.raised_length}, suffixed {stats.suffixed}")
+            f"raised penalty {stats.raised_penalty}, raised length {stats.raised_length}, suffixed {stats.suffixed}"
+            + (f", {stats.kept} kept from the previous version" if kept else ""))
 
         eos = tokenizer.eos_token_id
         recommender_model = build_t5(config.recommender.model, tokenizer, seed=config.seed + 1).to(ctx.device)
@@ -73,7 +76,7 @@ class IdGenRecTrainer(Trainer):
             config, generator=generator, recommender_model=recommender_model, recommender=method.recommender,
             tokenizer=tokenizer, split=dataset.split, item_ids=item_ids, texts=texts,
             vocabulary_texts=vocabulary_texts, ids=ids, user_ids=user_ids, validate=validate,
-            progress=ctx.progress, log=log,
+            progress=ctx.progress, log=log, kept=kept,
         )
         timings["recommender_training"] = time.perf_counter() - t
         history["generator_warmup_loss"] = warm_loss
@@ -82,7 +85,10 @@ class IdGenRecTrainer(Trainer):
             BundleItem(item_id=i, textual_id=m.textual_id, token_ids=ids.item_tokens[i] + [eos], text=dataset.item_text[i])
             for i, m in zip(item_ids, ids.minted, strict=True)
         ]
+        id_stats = ids.stats.to_dict()
+        if kept is not None:
+            id_stats["previous"] = kept_stats(item_ids, ctx.previous_ids, kept)
         return Trained(
             method=method, items=items, models={RECOMMENDER_DIR: recommender_model, GENERATOR_DIR: generator},
-            history=history, id_stats=ids.stats.to_dict(), timings=timings,
+            history=history, id_stats=id_stats, timings=timings,
         )

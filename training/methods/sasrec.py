@@ -95,7 +95,7 @@ class SasRecTrainer(Trainer):
         split = ctx.dataset.split
         item_ids = list(ctx.dataset.catalog.items)
         texts = [ctx.dataset.item_text[i] for i in item_ids]
-        items, id_stats = title_id_items(ctx.tokenizer, item_ids, texts)
+        items, id_stats = title_id_items(ctx.tokenizer, item_ids, texts, ctx.previous_ids)
         id_stats["users"] = len(split.train)
         timings["textual_ids"] = time.perf_counter() - t
 
