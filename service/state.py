@@ -59,6 +59,7 @@ class ServiceState:
         self.limiter = Limiter(self._count_hit, settings.redis_lookup_timeout_s,
                                on_fallback=self.metrics.limiter_fallbacks.inc)
         self.reloader = Reloader(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # What serves now (for operations and tests; a request uses the generation it leased).
     @property
@@ -89,6 +90,7 @@ class ServiceState:
 
     async def start(self) -> None:
         s = self.settings
+        self.loop = asyncio.get_running_loop()
         if s.torch_threads:
             torch.set_num_threads(s.torch_threads)
         if not self.write_protected:
@@ -112,6 +114,14 @@ class ServiceState:
         except BaseException:
             await self.stop()
             raise
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP (installed by the CLI; safe from a signal handler): a reload, in the background,
+        of the bundle the replica started with (GENREC_BUNDLE or --bundle, read again: a symbolic
+        link there may point to another bundle now)."""
+        loop = self.loop
+        if loop is not None and self.ready and not loop.is_closed():
+            loop.call_soon_threadsafe(self.reloader.reload_in_background)
 
     def new_generation(self, bundle_path, number: int) -> Generation:
         return Generation(self.settings, self.metrics, self.replica_id, bundle_path, self.redis_url,

@@ -278,3 +278,58 @@ class Upgrade:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+FORGET_RECENT_S = 600  # a catalog served this recently is not forgotten without --force
+
+
+def forget_main(argv: list[str]) -> int:
+    """`genrec-serve forget-catalog NAME [--dataset D] [--force]`: deletes every key of the catalog
+    namespace NAME (REDIS_URL, REDIS_CLUSTER) and its entry in the catalogs record; refused for a
+    catalog that served within the last ten minutes unless --force."""
+    import argparse
+    import os
+    import sys
+
+    parser = argparse.ArgumentParser(prog="genrec-serve forget-catalog",
+                                     description="Delete a catalog namespace that an upgrade left behind.")
+    parser.add_argument("catalog", help="the catalog's name (genrec:{NAME}:), as /readyz or the catalogs record names it")
+    parser.add_argument("--force", action="store_true", help="even if it served within the last ten minutes")
+    args = parser.parse_args(argv)
+    # Only Redis is read here (Settings() would want a bundle too).
+    url = os.environ.get("REDIS_URL") or os.environ.get("GENREC_REDIS_URL")
+    cluster = (os.environ.get("REDIS_CLUSTER") or os.environ.get("GENREC_REDIS_CLUSTER") or "").lower() == "true"
+    if not url:
+        print("genrec-serve forget-catalog: set REDIS_URL", file=sys.stderr)
+        return 2
+    try:
+        deleted, refused = asyncio.run(_forget(url, cluster, args.catalog, args.force))
+    except STORE_ERRORS as exc:
+        print(f"genrec-serve forget-catalog: Redis: {exc}", file=sys.stderr)
+        return 1
+    if refused:
+        print(f"genrec-serve forget-catalog: {refused}", file=sys.stderr)
+        return 1
+    print(f"deleted {deleted} key(s) of catalog {args.catalog!r}")
+    return 0
+
+
+async def _forget(url: str, cluster: bool, catalog: str, force: bool) -> tuple[int, str | None]:
+    registry = Registry(url, catalog, cluster=cluster)
+    try:
+        client = registry.aio
+        records = []
+        async for key in client.scan_iter(match="genrec:catalogs:*", count=100):
+            entry = await client.hget(key, catalog)
+            if entry is not None:
+                records.append((key, json.loads(entry)))
+        recent = [e for _k, e in records if time.time() - e.get("last_served", 0) < FORGET_RECENT_S]
+        if recent and not force:
+            return 0, (f"catalog {catalog!r} served within the last {FORGET_RECENT_S // 60} minutes; "
+                       "stop every replica serving it first, or pass --force")
+        deleted = await registry.delete_namespace()
+        for key, _entry in records:
+            await client.hdel(key, catalog)
+        return deleted, None
+    finally:
+        await registry.close()

@@ -273,3 +273,153 @@ async def test_replicas_starting_together_on_a_new_bundle_carry_each_item_over_o
         entries = client.xrange(f"{namespace(new_catalog)}events")
     carried = [fields["item_id"] for _id, fields in entries]
     assert sorted(carried) == sorted(list(NEW_ITEMS)[RETRAINED:])  # each once
+
+
+# --------------------------------------------------------------------------- the whole loop, two replicas
+
+LOOP_ITEMS = {**NEW_ITEMS, **{f"loop-{i}": {"title": f"new toy entry {i}", "genres": ["comedy"]} for i in range(18)}}
+
+
+def textual_ids_unique(url: str, catalog: str) -> None:
+    """Within the namespace: every item's textual ID is claimed by that item, and no two items share one."""
+    contents = registry_contents(url, catalog)
+    by_id: dict[str, str] = {}
+    for item_id, record in contents["items"].items():
+        assert by_id.setdefault(record["textual_id"], item_id) == item_id, (record["textual_id"], item_id)
+        assert contents["tids"].get(record["textual_id"]) in (item_id, None) or \
+            contents["tids"][record["textual_id"]].startswith("pending:")
+
+
+def test_rolling_upgrade_of_two_replicas_under_load(bundles, redis_url, tmp_path):
+    """Issue 17's loop: v1 on two replicas (the CLI under uvicorn), 30 items minted and events for
+    them, a corrupted bundle refused while v1 serves on, then replica 0 reloaded by
+    POST /admin/reload and replica 1 by SIGHUP (GENREC_BUNDLE is a symbolic link, turned to v2),
+    one after the other, under a steady load of recommendations and item reads: no failed
+    request, the 30 items present and recommendable under v2 on both replicas, no textual ID
+    held by two items in either namespace at any moment. (v2 stands for a bundle retrained on an
+    export: its items have other IDs, and 6 of the 30 are among its bundle items.)"""
+    from service.embedded_redis import free_port
+
+    from .test_lifecycle import cli_env, cli_process, wait_until_ready
+
+    v1, v2 = bundles
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    bad = corrupt(bundle_copy(v2, tmp_path / "bad", v2.name))
+    env = cli_env(redis_url, "unused", API_TOKENS=f"ops:{ADMIN}:admin; app:{WRITER}:read,write",
+                  GENREC_RELOAD_DRAIN_S="10", GENREC_UPGRADE_FOLLOW_S="0.2")
+    env.pop("GENREC_CATALOG")
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    logs = [tmp_path / "replica-0.log", tmp_path / "replica-1.log"]
+    with cli_process(current, ports[0], env, logs[0]) as p0, cli_process(current, ports[1], env, logs[1]) as p1:
+        for process, url, log in zip((p0, p1), urls, logs, strict=True):
+            wait_until_ready(process, url, log, timeout_s=120)
+        old_catalog = httpx.get(f"{urls[0]}/readyz").json()["serving"]["catalog"]
+        report = asyncio.run(_loop(urls, p1, current, v2, bad, redis_url, old_catalog))
+        for log in logs:
+            assert "Traceback" not in log.read_text(), log.read_text()
+    print(f"\n{json.dumps(report, indent=1)}")
+
+
+async def _loop(urls, sighup_process, current: Path, v2: Path, bad: Path, redis_url: str, old_catalog: str) -> dict:
+    import signal
+
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        for n, (item_id, metadata) in enumerate(LOOP_ITEMS.items()):
+            response = await client.post(f"{urls[n % 2]}/v1/items", json={"item_id": item_id, "metadata": metadata},
+                                         headers=WRITE_HEADERS)
+            assert response.status_code == 201, response.text
+        events = [{"user_id": f"user-{n % 5}", "item_id": item_id, "timestamp": 1000 + n}
+                  for n, item_id in enumerate(LOOP_ITEMS)]
+        response = await client.post(f"{urls[0]}/v1/events", json={"events": events}, headers=WRITE_HEADERS)
+        assert response.status_code == 200 and response.json()["accepted"] == len(LOOP_ITEMS)
+        old_ids = {i: (await client.get(f"{urls[0]}/v1/items/{i}")).json()["textual_id"] for i in LOOP_ITEMS}
+
+        stop, samples, failures = asyncio.Event(), [], []
+        catalogs = {old_catalog}
+
+        async def load(worker: int):
+            n = 0
+            while not stop.is_set():
+                url = urls[(worker + n) % 2]
+                n += 1
+                item = list(LOOP_ITEMS)[n % len(LOOP_ITEMS)]
+                try:
+                    if n % 3:
+                        response = await client.post(f"{url}/v1/recommendations",
+                                                     json={"user_id": f"user-{n % 5}", "k": 5})
+                    else:
+                        response = await client.get(f"{url}/v1/items/{item}")
+                    samples.append((time.monotonic(), response.status_code))
+                    if response.status_code != 200:
+                        failures.append(response.text)
+                except httpx.HTTPError as exc:
+                    samples.append((time.monotonic(), 0))
+                    failures.append(repr(exc))
+
+        async def audit():
+            while not stop.is_set():
+                for catalog in list(catalogs):
+                    await asyncio.to_thread(textual_ids_unique, redis_url, catalog)
+                await asyncio.sleep(0.2)
+
+        workers = [asyncio.create_task(load(w)) for w in range(4)] + [asyncio.create_task(audit())]
+        await asyncio.sleep(1.0)
+
+        # A corrupted bundle: refused, v1 serves on.
+        response = await client.post(f"{urls[0]}/admin/reload", json={"bundle": str(bad)}, headers=ADMIN_HEADERS)
+        assert_error(response, 422, "bad_bundle")
+        assert (await client.get(f"{urls[0]}/readyz")).json()["serving"]["generation"] == 1
+
+        # Replica 0: POST /admin/reload.
+        t0 = time.monotonic()
+        response = await client.post(f"{urls[0]}/admin/reload", json={"bundle": str(v2)}, headers=ADMIN_HEADERS)
+        t1 = time.monotonic()
+        assert response.status_code == 200, response.text
+        first = response.json()
+        catalogs.add(first["serving"]["catalog"])
+        await asyncio.sleep(1.0)  # replica 0 on v2, replica 1 on v1: both serve
+
+        # Replica 1: SIGHUP, GENREC_BUNDLE (a symbolic link) now pointing to v2.
+        current.unlink()
+        current.symlink_to(v2)
+        t2 = time.monotonic()
+        sighup_process.send_signal(signal.SIGHUP)
+        while (await client.get(f"{urls[1]}/readyz")).json()["serving"]["generation"] != 2:
+            assert time.monotonic() - t2 < 60, "SIGHUP did not reload"
+            await asyncio.sleep(0.05)
+        t3 = time.monotonic()
+        second = (await client.get(f"{urls[1]}/admin/reload", headers=ADMIN_HEADERS)).json()
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*workers)
+
+        assert not failures, failures[:5]
+        new_catalog = first["serving"]["catalog"]
+        assert second["serving"]["catalog"] == new_catalog != old_catalog
+        for url in urls:
+            for item_id in LOOP_ITEMS:
+                record = (await client.get(f"{url}/v1/items/{item_id}")).json()
+                assert record["recommendable"] is True, record
+            response = await client.post(f"{url}/v1/recommendations", json={"history": list(LOOP_ITEMS)[-3:], "k": 5})
+            assert response.status_code == 200 and len(response.json()["items"]) == 5
+            for user in range(5):
+                stored = (await client.get(f"{url}/v1/users/user-{user}/events")).json()["events"]
+                assert len(stored) == len(LOOP_ITEMS) // 5
+        new_ids = {i: (await client.get(f"{urls[1]}/v1/items/{i}")).json()["textual_id"] for i in LOOP_ITEMS}
+        for catalog in catalogs:
+            textual_ids_unique(redis_url, catalog)
+        return {
+            "reload_post_s": first["seconds"],
+            "reload_post_wall_s": round(t1 - t0, 2),
+            "reload_sighup_s": second["last"]["seconds"],
+            "reload_sighup_wall_s": round(t3 - t2, 2),
+            "requests": len(samples),
+            "failed": len(failures),
+            "served_during_post_reload": sum(t0 <= t <= t1 for t, _s in samples),
+            "served_during_sighup_reload": sum(t2 <= t <= t3 for t, _s in samples),
+            "carried_over_by_replica_0": first["items_carried_over"],
+            "ids_kept": sum(new_ids[i] == old_ids[i] for i in LOOP_ITEMS if i not in list(NEW_ITEMS)[:RETRAINED]),
+            "ids_new": sum(new_ids[i] != old_ids[i] for i in LOOP_ITEMS if i not in list(NEW_ITEMS)[:RETRAINED]),
+        }
