@@ -244,6 +244,18 @@ class Generation:
         if self.registry is not None:
             await self.registry.close()
 
+    def release(self) -> None:
+        """After `close`, once no request runs on it (a reload retired it): lets go of the
+        bundle, the models, the catalog and the rest, so that they are freed (see Reloader._retire)."""
+        if self.follower is not None:  # a stopped follower may outlive this (its task's last exception holds
+            # its frame): it lets go of the catalog and of this generation
+            self.follower.catalog = self.follower.on_added = self.follower.on_rewind = self.follower.on_error = None
+        self.engine = self.bundle = self.catalog = self.follower = None
+        self.recommend_batcher = self.mint_batcher = self.user_events_store = self.upgrade = None
+        self.bundle_bases = {}
+        self._inflight_mints.clear()
+        self._fold_task = self._restore_task = None
+
     # ------------------------------------------------------------------ requests in flight
 
     def enter(self) -> None:

@@ -22,7 +22,6 @@ half swapped. One reload runs at a time (a second one is answered 409).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from pathlib import Path
@@ -161,11 +160,10 @@ class Reloader:
         if not await old.drained(drain_s):
             log.warning("%d request(s) still on the old bundle after %.0f s; closing it", old.inflight, drain_s)
         await old.close()
-        # The old bundle was frozen out of the collector's reach (Generation.settle): let the
-        # collector see it again, so that what only cycles keep alive goes, then freeze what is left.
-        gc.unfreeze()
-        gc.collect()
-        gc.freeze()
+        # The old bundle was frozen out of the collector's reach (Generation.settle), so it must
+        # go by reference counting: the generation lets go of its parts (a full collection to
+        # find cycles would pause every request for up to seconds on a large heap).
+        old.release()
 
     def _ended(self, outcome: str, target: Path, started: float, error: str | None,
                result: dict[str, Any] | None = None) -> None:

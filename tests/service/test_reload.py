@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import httpx
@@ -105,6 +106,8 @@ async def test_reload_swaps_the_bundle_under_load_without_a_failed_request(make_
     v1, v2 = bundles
     async with serve(admin_settings(make_settings, v1)) as (app, client):
         before = (await client.get("/readyz")).json()["serving"]
+        old_method = weakref.ref(app.state.service.engine.method)
+        old_catalog = weakref.ref(app.state.service.catalog)
         stop, statuses = asyncio.Event(), []
         load = asyncio.create_task(steady_load(client, stop, statuses))
         await asyncio.sleep(0.3)
@@ -131,9 +134,9 @@ async def test_reload_swaps_the_bundle_under_load_without_a_failed_request(make_
         assert metric_value(metrics, "genrec_bundle_generation") == 2
         status = (await client.get("/admin/reload", headers=ADMIN_HEADERS)).json()
         assert status["running"] is False and status["last"]["outcome"] == "ok"
-        # The old generation is closed once its requests are done.
-        state = app.state.service
-        await asyncio.wait_for(state.reloader.stop(), 10)
+        # The old generation is closed once its requests are done, and its models freed.
+        await asyncio.wait_for(app.state.service.reloader.stop(), 10)
+        assert old_method() is None and old_catalog() is None
     print(f"\nreload {seconds:.2f} s, {during} requests answered meanwhile (all 200 of {len(statuses)})")
 
 
@@ -342,8 +345,10 @@ async def _loop(urls, sighup_process, current: Path, v2: Path, bad: Path, redis_
         async def load(worker: int):
             n = 0
             while not stop.is_set():
-                url = urls[(worker + n) % 2]
+                replica = (worker + n) % 2
+                url = urls[replica]
                 n += 1
+                began = time.monotonic()
                 item = list(LOOP_ITEMS)[n % len(LOOP_ITEMS)]
                 try:
                     if n % 3:
@@ -351,11 +356,11 @@ async def _loop(urls, sighup_process, current: Path, v2: Path, bad: Path, redis_
                                                      json={"user_id": f"user-{n % 5}", "k": 5})
                     else:
                         response = await client.get(f"{url}/v1/items/{item}")
-                    samples.append((time.monotonic(), response.status_code))
+                    samples.append((began, time.monotonic(), replica, response.status_code))
                     if response.status_code != 200:
                         failures.append(response.text)
                 except httpx.HTTPError as exc:
-                    samples.append((time.monotonic(), 0))
+                    samples.append((began, time.monotonic(), replica, 0))
                     failures.append(repr(exc))
 
         async def audit():
@@ -417,9 +422,21 @@ async def _loop(urls, sighup_process, current: Path, v2: Path, bad: Path, redis_
             "reload_sighup_wall_s": round(t3 - t2, 2),
             "requests": len(samples),
             "failed": len(failures),
-            "served_during_post_reload": sum(t0 <= t <= t1 for t, _s in samples),
-            "served_during_sighup_reload": sum(t2 <= t <= t3 for t, _s in samples),
+            "served_during_post_reload": _during(samples, t0, t1),
+            "served_during_sighup_reload": _during(samples, t2, t3),
             "carried_over_by_replica_0": first["items_carried_over"],
             "ids_kept": sum(new_ids[i] == old_ids[i] for i in LOOP_ITEMS if i not in list(NEW_ITEMS)[:RETRAINED]),
             "ids_new": sum(new_ids[i] != old_ids[i] for i in LOOP_ITEMS if i not in list(NEW_ITEMS)[:RETRAINED]),
         }
+
+
+def _during(samples, start: float, end: float) -> dict:
+    """Requests answered within [start, end], per replica, and the slowest of those that overlapped it."""
+    answered = [0, 0]
+    slowest = [0.0, 0.0]
+    for began, ended, replica, _status in samples:
+        if start <= ended <= end:
+            answered[replica] += 1
+        if began <= end and ended >= start:
+            slowest[replica] = max(slowest[replica], ended - began)
+    return {"answered_by_replica": answered, "slowest_s_by_replica": [round(x, 2) for x in slowest]}
