@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +83,17 @@ def default_catalog(bundle: Bundle) -> str:
     return f"{dataset_slug(bundle)}-{id_space_digest(bundle)}"
 
 
+# One bundle loads at a time in a process: loading a model patches torch globally for a moment
+# (transformers' empty-weights initialisation), and two loads interleaved on two threads can
+# leave it patched, every later model on the meta device.
+_LOAD_LOCK = threading.Lock()
+
+
+def _loading(load: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with _LOAD_LOCK:
+        return load(*args, **kwargs)
+
+
 class Generation:
     """The bundle and everything built on it; `open` builds it, `close` tears it down."""
 
@@ -125,7 +137,7 @@ class Generation:
         own (the inference thread goes on serving the generation in place, if any): the slow
         part, done before anything is written to Redis."""
         s = self.settings
-        self.bundle = await asyncio.to_thread(load_bundle, self.bundle_path, verify=verify)
+        self.bundle = await asyncio.to_thread(_loading, load_bundle, self.bundle_path, verify=verify)
         self.catalog = Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
         self.digest = bundle_digest(self.bundle)
         self.model_info = {
@@ -139,7 +151,7 @@ class Generation:
                                  replica=self.replica_id, lookup_timeout_s=s.redis_lookup_timeout_s,
                                  pending_ttl_s=s.pending_claim_ttl_s, cluster=s.redis_cluster,
                                  wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
-        self.engine = await asyncio.to_thread(lambda: Engine(
+        self.engine = await asyncio.to_thread(_loading, lambda: Engine(
             self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
             mint_max_rounds=s.mint_max_rounds or None))
         self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}

@@ -39,6 +39,8 @@ from .upgrade import carry_over, record_serving
 
 log = logging.getLogger("service.reload")
 
+HEARTBEAT_S = 60.0  # how often the serving catalog's last_served is written (genrec:catalogs:<dataset>)
+
 
 class Reloader:
     """Builds generations (at start and on reloads) and swaps them in, one reload at a time."""
@@ -49,6 +51,7 @@ class Reloader:
         self._closing: set[asyncio.Task] = set()  # old generations draining, then closing
         self.running_since: float | None = None  # wall time a reload under way started
         self.last: dict[str, Any] | None = None  # the outcome of the last reload
+        self._heartbeat: asyncio.Task | None = None
 
     async def build(self, generation: Generation, verify: bool) -> None:
         """Loads, connects and upgrades `generation` (not yet serving); closes it on failure."""
@@ -77,6 +80,16 @@ class Reloader:
         task = asyncio.get_running_loop().create_task(record_serving(generation))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name="genrec-catalog-heartbeat")
+
+    async def _beat(self) -> None:
+        """Keeps the serving catalog's `last_served` fresh, so that the catalog an upgrade carries
+        over from is the one serving, not one a replica served briefly later."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            if self.state.generation is not None and self.state.generation.ready:
+                await record_serving(self.state.generation)
 
     @property
     def running(self) -> bool:
@@ -194,6 +207,10 @@ class Reloader:
 
     async def stop(self) -> None:
         """At shutdown: waits for the old generations being closed (and a reload under way)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
         pending = list(self._closing)
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)

@@ -140,6 +140,29 @@ async def test_reload_swaps_the_bundle_under_load_without_a_failed_request(make_
     print(f"\nreload {seconds:.2f} s, {during} requests answered meanwhile (all 200 of {len(statuses)})")
 
 
+async def test_a_request_under_way_at_the_swap_finishes_on_the_old_bundle(make_settings, bundles):
+    v1, v2 = bundles
+    async with serve(admin_settings(make_settings, v1)) as (app, client):
+        old = app.state.service.generation
+        decode = old.engine.recommend_batch
+
+        def slow(jobs):
+            time.sleep(1.0)
+            return decode(jobs)
+
+        old.recommend_batcher.handle = slow
+        request = asyncio.create_task(client.post("/v1/recommendations", json={"history": ["m1"], "k": 3}))
+        await asyncio.sleep(0.2)  # its batch runs now, on the old generation
+        assert old.inflight == 1
+        response = await client.post("/admin/reload", json={"bundle": str(v2)}, headers=ADMIN_HEADERS)
+        assert response.status_code == 200, response.text
+        assert response.json()["old_inflight"] in (0, 1)
+        answer = await request
+        assert answer.status_code == 200 and answer.json()["model"]["bundle"] == response.json()["previous"]["bundle"]
+        await asyncio.wait_for(app.state.service.reloader.stop(), 10)
+        assert old.stopping and old.inflight == 0
+
+
 async def test_a_corrupted_bundle_is_refused_and_the_old_one_serves_on(make_settings, bundles, tmp_path):
     v1, v2 = bundles
     bad = corrupt(bundle_copy(v2, tmp_path / "bad", v2.name))
@@ -270,12 +293,38 @@ async def test_replicas_starting_together_on_a_new_bundle_carry_each_item_over_o
 
     seen_a, seen_b = await asyncio.gather(one(admin_settings(make_settings, v2)), one(admin_settings(make_settings, v2)))
     assert seen_a == seen_b
+    assert all(g.upgrade is not None for g in started)
+    assert sorted(g.upgrade.carried for g in started) == [0, len(NEW_ITEMS) - RETRAINED]  # one did it all
     new_catalog = started[0].catalog_name
     assert new_catalog != old_catalog
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
         entries = client.xrange(f"{namespace(new_catalog)}events")
     carried = [fields["item_id"] for _id, fields in entries]
     assert sorted(carried) == sorted(list(NEW_ITEMS)[RETRAINED:])  # each once
+
+
+async def test_forget_catalog_deletes_an_old_namespace_only_when_asked(make_settings, bundles, redis_url,
+                                                                       monkeypatch, capsys):
+    from service.cli import main
+
+    v1, v2 = bundles
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    async with serve(admin_settings(make_settings, v1)) as (app, client):
+        old_catalog = app.state.service.generation.catalog_name
+        item = next(iter(NEW_ITEMS.items()))
+        await client.post("/v1/items", json={"item_id": "gone-1", "metadata": item[1]}, headers=WRITE_HEADERS)
+        response = await client.post("/admin/reload", json={"bundle": str(v2)}, headers=ADMIN_HEADERS)
+        assert response.status_code == 200
+        dataset_key = catalogs_key(response.json()["serving"]["dataset"])
+        assert await asyncio.to_thread(main, ["forget-catalog", old_catalog]) == 1  # served a moment ago
+        assert "served within" in capsys.readouterr().err
+        assert registry_contents(redis_url, old_catalog)["items"]
+        assert await asyncio.to_thread(main, ["forget-catalog", old_catalog, "--force"]) == 0
+        assert registry_contents(redis_url, old_catalog) == {"tids": {}, "items": {}, "events": 0}
+        with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+            assert old_catalog not in r.hkeys(dataset_key)
+        record = (await client.get("/v1/items/gone-1")).json()  # carried over before: still there
+        assert record["recommendable"] is True
 
 
 # --------------------------------------------------------------------------- the whole loop, two replicas
