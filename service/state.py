@@ -83,6 +83,14 @@ class ServiceState:
         return self.generation.follower if self.generation else None
 
     @property
+    def recommend_batcher(self):
+        return self.generation.recommend_batcher if self.generation else None
+
+    @property
+    def mint_batcher(self):
+        return self.generation.mint_batcher if self.generation else None
+
+    @property
     def model_info(self) -> dict[str, Any]:
         return self.generation.model_info if self.generation else {}
 

@@ -77,7 +77,10 @@ async def served_catalogs(client, dataset: str) -> dict[str, dict]:
 
 
 async def record_serving(generation: Generation) -> None:
-    """Best effort: notes that `generation`'s catalog serves now (the next bundle's start reads it)."""
+    """Best effort: notes that `generation`'s catalog serves now (the next bundle's start reads
+    it). A catalog named by GENREC_CATALOG is no part of the chain of upgrades: not noted."""
+    if generation.settings.catalog:
+        return
     try:
         client = generation.registry.aio
         key, name = catalogs_key(_dataset(generation)), generation.catalog_name
@@ -91,10 +94,13 @@ async def record_serving(generation: Generation) -> None:
 
 
 async def previous_catalog(generation: Generation) -> str | None:
-    """The other catalog of the dataset served most recently (GENREC_UPGRADE_FROM, when set)."""
+    """The other catalog of the dataset served most recently (GENREC_UPGRADE_FROM, when set;
+    none for a catalog named by GENREC_CATALOG, which every bundle shares)."""
     if generation.settings.upgrade_from:
         chosen = generation.settings.upgrade_from
         return None if chosen == generation.catalog_name else chosen
+    if generation.settings.catalog:
+        return None
     served = await served_catalogs(generation.registry.aio, _dataset(generation))
     others = [(entry.get("last_served", 0), name) for name, entry in served.items() if name != generation.catalog_name]
     return max(others)[1] if others else None

@@ -342,6 +342,7 @@ def textual_ids_unique(url: str, catalog: str) -> None:
             contents["tids"][record["textual_id"]].startswith("pending:")
 
 
+@pytest.mark.slow
 def test_rolling_upgrade_of_two_replicas_under_load(bundles, redis_url, tmp_path):
     """Issue 17's loop: v1 on two replicas (the CLI under uvicorn), 30 items minted and events for
     them, a corrupted bundle refused while v1 serves on, then replica 0 reloaded by
