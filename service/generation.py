@@ -233,8 +233,11 @@ class Generation:
 
     async def close(self) -> None:
         """Graceful: the batches queued so far are still decoded/minted and the mints under way
-        committed, before its Redis clients close (the threads are the process's)."""
+        committed, before its Redis clients close (the threads are the process's). Once: a
+        second call returns at once."""
         self.ready = False
+        if self.stopping:
+            return
         self.stopping = True
         if self.upgrade is not None:
             await self.upgrade.stop()

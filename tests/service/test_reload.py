@@ -184,6 +184,25 @@ async def test_a_corrupted_bundle_is_refused_and_the_old_one_serves_on(make_sett
         assert status["last"]["outcome"] == "refused" and status["serving"]["generation"] == 1
 
 
+async def test_a_bundle_failing_its_smoke_recommendation_is_refused(make_settings, bundles, monkeypatch):
+    import service.generation
+
+    v1, v2 = bundles
+
+    async def broken(self):
+        raise RuntimeError("a smoke recommendation returned no items")
+
+    async with serve(admin_settings(make_settings, v1)) as (app, client):
+        before = app.state.service.generation
+        monkeypatch.setattr(service.generation.Generation, "smoke", broken)
+        error = assert_error(await client.post("/admin/reload", json={"bundle": str(v2)}, headers=ADMIN_HEADERS),
+                             422, "bad_bundle")
+        assert error["details"] == {"stage": "smoke"}
+        assert app.state.service.generation is before and before.ready
+        response = await client.post("/v1/recommendations", json={"history": ["m1"], "k": 3})
+        assert response.status_code == 200 and response.json()["model"] == before.model_info
+
+
 async def test_one_reload_at_a_time(make_settings, bundles):
     v1, v2 = bundles
     async with serve(admin_settings(make_settings, v1)) as (_app, client):
