@@ -29,7 +29,7 @@ from .settings import ApiKey
 if TYPE_CHECKING:
     from .state import ServiceState
 
-Kind = Literal["read", "write"]
+Kind = Literal["read", "write", "admin"]
 COST_K = 10  # a recommendation counts ceil(k / COST_K) against the read limit (its beams cost that)
 MAX_HELD = 1024  # refusals held back at once (per app); past it they are answered at once
 _UNSET = object()

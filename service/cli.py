@@ -1,10 +1,13 @@
 """`genrec-serve --bundle DIR [--host H] [--port P]`: the service under uvicorn.
 `genrec-serve export --bundle DIR --out OUT`: the service's catalog and users' events as a dataset
 (service/export.py; `genrec-serve export --help`).
+`genrec-serve forget-catalog NAME`: deletes a catalog namespace an upgrade left behind
+(service/upgrade.py).
 
 Every other setting comes from the environment (see service/settings.py). A bad bundle or a
 bad setting stops the start with one clear line on stderr and exit code 2. SIGTERM stops it
-gracefully (in-flight requests and queued batches finish) with exit code 0.
+gracefully (in-flight requests and queued batches finish) with exit code 0; SIGHUP reloads the
+bundle at GENREC_BUNDLE without downtime (service/reload.py).
 """
 
 from __future__ import annotations
@@ -36,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export_main
 
         return export_main(argv[1:])
+    if argv[:1] == ["forget-catalog"]:
+        from .upgrade import forget_main
+
+        return forget_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="genrec-serve", description="Serve a genrec bundle over HTTP.",
-        epilog="genrec-serve export --help: write the catalog and the users' events as a dataset.")
+        epilog="genrec-serve export --help: write the catalog and the users' events as a dataset; "
+               "genrec-serve forget-catalog --help: delete a catalog an upgrade left behind.")
     parser.add_argument("--bundle", help="bundle folder (default: $GENREC_BUNDLE)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
@@ -70,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
+    app = create_app(settings)
     previous = signal.signal(signal.SIGTERM, _stopped_on_request)
+    # SIGHUP: reload the bundle at GENREC_BUNDLE (docs/operations.md, "Reload a bundle").
+    previous_hup = signal.signal(signal.SIGHUP, lambda _signum, _frame: app.state.service.reload_on_signal())
     try:
         uvicorn.run(
-            create_app(settings),
+            app,
             host=args.host,
             port=args.port,
             log_level=args.log_level,
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
     return 0
 
 

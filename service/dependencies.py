@@ -17,6 +17,7 @@ from fastapi import Request
 
 from .access import authorize, charge
 from .errors import ApiError
+from .generation import Generation
 from .settings import ApiKey
 from .state import ServiceState
 
@@ -32,6 +33,13 @@ def get_state(request: Request) -> ServiceState:
     if not state.ready:
         raise ApiError(503, "not_ready", "the service is starting or stopping")
     return state
+
+
+async def serving(request: Request) -> AsyncIterator[Generation]:
+    """The generation (bundle, catalog, engine) that serves when the request starts, held until
+    it ends: a reload meanwhile does not change what this request runs on."""
+    async with get_state(request).lease() as generation:
+        yield generation
 
 
 # Neither dependency declares the bearer token itself: whether an operation needs one depends on
@@ -56,8 +64,9 @@ async def write_access(request: Request) -> ApiKey | None:
     return key
 
 
-def guarded(endpoint: Literal["metrics", "docs"]):
-    """A dependency for /metrics or the docs: 404 when off, a read token when `token`."""
+def guarded(endpoint: Literal["metrics", "docs", "admin"]):
+    """A dependency for /metrics or the docs: 404 when off, a read token when `token`; for the
+    /admin endpoints: 404 unless some token has the admin scope, and a token with it."""
 
     async def dependency(request: Request) -> None:
         state = service_state(request)
@@ -65,7 +74,7 @@ def guarded(endpoint: Literal["metrics", "docs"]):
         if access == "off":
             raise ApiError(404, "not_found", "not found")
         if access == "token":
-            await authorize(request, state, "read", required=True)
+            await authorize(request, state, "admin" if endpoint == "admin" else "read", required=True)
 
     dependency.guards = endpoint  # create_app reads it for the OpenAPI document
     return dependency

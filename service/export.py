@@ -370,7 +370,7 @@ def bundle_details(bundle_dir: Path) -> tuple[str, str, list[str], dict, dict | 
     default catalog for it and the data its config names."""
     from genrec.bundle import load_bundle
 
-    from .state import default_catalog
+    from .generation import default_catalog
 
     bundle = load_bundle(bundle_dir, verify=False)
     config = bundle.manifest.get("config", {}).get("data", {})

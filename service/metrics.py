@@ -75,6 +75,23 @@ class ServiceMetrics:
             "rate-limit and auth-failure counts kept in this replica's memory because Redis did not answer",
             registry=r,
         )
+        self.bundle_info = Gauge(
+            "genrec_bundle_info", "the bundle serving now (value 1): its name, digest, catalog namespace, kind and path",
+            ["bundle", "digest", "catalog", "kind", "path"], registry=r,
+        )
+        self.bundle_generation = Gauge(
+            "genrec_bundle_generation", "which bundle since the start serves: 1, then +1 a successful reload",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "genrec_reloads", "bundle reloads by outcome (ok; refused: a bad bundle; failed: e.g. Redis away)",
+            ["outcome"], registry=r,
+        )
+        self.reload_duration = Gauge("genrec_reload_duration_seconds", "how long the last reload took", registry=r)
+        self.items_carried_over = Counter(
+            "genrec_items_carried_over", "items of a previous catalog this replica minted under the new one "
+            "(service/upgrade.py)", registry=r,
+        )
         if catalog_size is not None:
             self.catalog_items.set_function(catalog_size)
 

@@ -412,6 +412,55 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class ServingBundle(BaseModel):
+    """Which bundle a replica serves (readiness, reloads)."""
+
+    bundle: str = Field(description="dataset and digest of every file of the bundle", examples=["ml-100k-a4a6a502227b"])
+    digest: str = Field(description="digest of every file of the bundle (its manifest's checksums)")
+    path: str | None = Field(None, description="the bundle folder (symbolic links resolved on a reload); not in "
+                             "/readyz, which anyone who reaches the replica may read")
+    kind: str = Field(examples=["idgenrec"])
+    dataset: str | None = None
+    created_at: str | None = Field(None, description="when training wrote the bundle")
+    catalog: str = Field(description="the Redis catalog namespace (genrec:{catalog}:)")
+    generation: int = Field(description="1 for the bundle served at start, +1 each successful reload")
+
+
 class Readiness(BaseModel):
     status: str = Field(examples=["ready"])
     checks: dict[str, str] = Field(examples=[{"bundle": "ok", "redis": "ok"}])
+    serving: ServingBundle | None = Field(None, description="the bundle serving now")
+
+
+class ReloadRequest(_Strict):
+    bundle: str | None = Field(
+        None, min_length=1, max_length=4096,
+        description="the bundle folder to serve, on the replica's file system (default: GENREC_BUNDLE, read "
+        "again: a symbolic link there may point to another bundle now)",
+        examples=["/bundles/ml100k-v2"],
+    )
+
+
+class ReloadResult(BaseModel):
+    previous: ServingBundle = Field(description="the bundle that served before (closed once its requests are done)")
+    serving: ServingBundle = Field(description="the bundle serving now")
+    seconds: float = Field(description="how long the reload took: load, checksums, upgrade, smoke test, swap")
+    items_carried_over: int = Field(description="items of the previous catalog this replica minted under the new "
+                                    "one (0 when the catalog namespace did not change)")
+    old_inflight: int = Field(description="requests still running on the previous bundle at the swap")
+
+
+class LastReload(BaseModel):
+    outcome: Literal["ok", "refused", "failed"]
+    bundle: str = Field(description="the bundle folder asked for")
+    seconds: float
+    error: str | None = None
+    finished_at: float = Field(description="unix time")
+    serving: ServingBundle | None = None
+
+
+class ReloadStatus(BaseModel):
+    running: bool = Field(description="a reload is under way")
+    running_since: float | None = Field(None, description="unix time the reload under way started")
+    last: LastReload | None = Field(None, description="how the last reload ended (none since the start: null)")
+    serving: ServingBundle

@@ -23,7 +23,7 @@ from .redis_clients import cluster_url_problem
 
 ENV_PREFIX = "GENREC_"
 MIN_TOKEN_LENGTH = 16  # characters of an API token; shorter ones are refused at start
-SCOPES = ("read", "write")
+SCOPES = ("read", "write", "admin")
 _KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 Access = Literal["open", "token", "off"]
@@ -32,7 +32,7 @@ Access = Literal["open", "token", "off"]
 @dataclass(frozen=True)
 class ApiKey:
     """One API token: a name (logs, metrics, rate limits; never the secret), the secret and
-    its scopes ("read", "write")."""
+    its scopes ("read", "write", "admin")."""
 
     name: str
     secret: bytes
@@ -44,8 +44,8 @@ class ApiKey:
 
 def parse_api_tokens(text: str) -> list[ApiKey]:
     """`API_TOKENS`: entries `name:token:scopes` separated by `;` or newlines, scopes a comma
-    list of read and write (`ci:4f0c...:read,write; dashboard:9a1e...:read`). Errors name the
-    entry, never its token."""
+    list of read, write and admin (`ci:4f0c...:read,write; dashboard:9a1e...:read;
+    ops:77aa...:admin`). Errors name the entry, never its token."""
     keys = []
     for number, entry in enumerate((e.strip() for e in re.split(r"[;\n]", text)), start=1):
         if not entry:
@@ -58,7 +58,7 @@ def parse_api_tokens(text: str) -> list[ApiKey]:
             raise ValueError(f"API_TOKENS entry {number}: the name must match [A-Za-z0-9._-]{{1,64}}")
         wanted = {scope.strip() for scope in scopes.split(",") if scope.strip()}
         if not wanted or not wanted <= set(SCOPES):
-            raise ValueError(f"API_TOKENS entry {number} ({name}): scopes must be read, write or read,write")
+            raise ValueError(f"API_TOKENS entry {number} ({name}): scopes must be among read, write, admin")
         keys.append(ApiKey(name, token.encode(), frozenset(wanted)))
     return keys
 
@@ -197,6 +197,24 @@ class Settings(BaseSettings):
         4, ge=0, le=10_000, description="ID-generator rounds per new item before the numeric suffix (0: no cap)"
     )
 
+    # Reloads and upgrades (docs/operations.md).
+    reload_drain_s: float = Field(
+        30.0, gt=0, le=3600, description="after a reload, how long requests still on the old bundle may take "
+        "before it is closed"
+    )
+    upgrade_items: bool = Field(
+        True, description="a bundle with a new catalog namespace carries over the items (and users' events) of the "
+        "catalog of the same dataset that served before it"
+    )
+    upgrade_from: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,80}$",
+        description="the catalog to carry over from (default: the other catalog of the dataset served most recently)",
+    )
+    upgrade_follow_s: float = Field(
+        1.0, gt=0, le=3600, description="how often items minted meanwhile in the previous catalog (by replicas "
+        "not yet upgraded) are carried over"
+    )
+
     # Lifecycle.
     shutdown_timeout_s: float = Field(
         25.0,
@@ -266,19 +284,29 @@ class Settings(BaseSettings):
         return self
 
     def keys(self) -> list[ApiKey]:
-        """Every configured token: API_TOKEN (named api_token, read and write) and API_TOKENS."""
+        """Every configured token: API_TOKEN (named api_token, read and write, not admin: a reload
+        names a folder on the replica, which a client that may only write items must not) and
+        API_TOKENS."""
         keys = []
         if self.api_token is not None and self.api_token.get_secret_value():
-            keys.append(ApiKey("api_token", self.api_token.get_secret_value().encode(), frozenset(SCOPES)))
+            keys.append(ApiKey("api_token", self.api_token.get_secret_value().encode(),
+                               frozenset({"read", "write"})))
         if self.api_tokens is not None:
             keys += parse_api_tokens(self.api_tokens.get_secret_value())
         return keys
+
+    def admin_enabled(self) -> bool:
+        """Whether some token has the admin scope (the /admin endpoints exist only then)."""
+        return any("admin" in key.scopes for key in self.keys())
 
     def write_protected(self) -> bool:
         """Whether writes need a token (some token has the write scope)."""
         return any("write" in key.scopes for key in self.keys())
 
-    def access(self, endpoint: Literal["metrics", "docs"]) -> Access:
-        """Who may read /metrics or the API docs (the default follows GENREC_REQUIRE_READ_TOKEN)."""
+    def access(self, endpoint: Literal["metrics", "docs", "admin"]) -> Access:
+        """Who may read /metrics or the API docs (the default follows GENREC_REQUIRE_READ_TOKEN);
+        the /admin endpoints: a token with the admin scope, off (404) when no token has it."""
+        if endpoint == "admin":
+            return "token" if self.admin_enabled() else "off"
         chosen = getattr(self, f"{endpoint}_access")
         return chosen if chosen is not None else ("token" if self.require_read_token else "open")

@@ -92,6 +92,14 @@ def member_item(member: str) -> str:
     return member[SEQ_DIGITS + 1 :]
 
 
+# Sets KEYS[1] to ARGV[1] unless it holds a larger number already.
+_RAISE_TO = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class UserEvent:
     """One interaction as posted: timestamp None is now (the Redis clock), event_id None has none."""
@@ -112,9 +120,13 @@ class UserEventStore:
     """The users' latest events of one catalog (`prefix`: its namespace), on an async Redis client
     (or cluster client: every key of a call is in the catalog's slot)."""
 
-    def __init__(self, client, prefix: str, keep: int, id_ttl_s: float, ids_per_user: int):
+    def __init__(self, client, prefix: str, keep: int, id_ttl_s: float, ids_per_user: int,
+                 fallback_prefix: str | None = None):
         self.client = client
         self.prefix = prefix
+        # The previous catalog's namespace after an upgrade (service/upgrade.py): a user with no
+        # events here is read from there, and copied here before the first events stored here.
+        self.fallback_prefix = fallback_prefix
         self.keep = keep
         self.id_ttl_ms = max(1, round(id_ttl_s * 1000))
         self.ids_per_user = ids_per_user
@@ -138,6 +150,8 @@ class UserEventStore:
             number = users.setdefault(event.user_id, len(users))
             timestamp = "" if event.timestamp is None else repr(float(event.timestamp))
             args += [number, event.item_id, timestamp, event.event_id or ""]
+        if self.fallback_prefix is not None:
+            await self._carry_over(list(users))
         keys = [self.seq_key] + [key for user in users for key in (self.events_key(user), self.ids_key(user))]
         accepted, duplicates = await self.client.eval(_ADD_EVENTS, len(keys), *keys, *args)
         return int(accepted), int(duplicates)
@@ -147,4 +161,42 @@ class UserEventStore:
         with none."""
         start = -last if last else 0
         rows = await self.client.zrange(self.events_key(user_id), start, -1, withscores=True)
+        if not rows and self.fallback_prefix is not None:
+            rows = await self.client.zrange(f"{self.fallback_prefix}user:{user_id}", start, -1, withscores=True)
         return [StoredEvent(member_item(member), float(score)) for member, score in rows]
+
+    async def _carry_over(self, user_ids: list[str]) -> None:
+        """Copies, before their first events are stored here, the users' events from the
+        previous namespace."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.exists(self.events_key(user_id))
+        for user_id, present in zip(user_ids, await pipe.execute(), strict=True):
+            if not present:
+                await self.copy_from(self.fallback_prefix, user_id)
+
+    async def copy_from(self, prefix: str, user_id: str) -> bool:
+        """Merges the user's events and event ids stored under `prefix` into this namespace, when
+        this one holds no events of the user; True when it copied any. Members keep their arrival
+        numbers, and the catalog's counter here (`eseq`) is raised to the one there, so events
+        stored later sort after them and an export's boundary (service/export.py) counts the
+        copied events as stored before it."""
+        if await self.client.exists(self.events_key(user_id)):
+            return False
+        read = self.client.pipeline(transaction=False)
+        read.zrange(f"{prefix}user:{user_id}", 0, -1, withscores=True)
+        read.zrange(f"{prefix}uevid:{user_id}", 0, -1, withscores=True)
+        read.pttl(f"{prefix}uevid:{user_id}")
+        read.get(seq_key(prefix))
+        events, ids, ids_ttl, seq = await read.execute()
+        if not events:
+            return False
+        write = self.client.pipeline(transaction=False)
+        write.zadd(self.events_key(user_id), dict(events))
+        if ids:
+            write.zadd(self.ids_key(user_id), dict(ids))
+            write.pexpire(self.ids_key(user_id), ids_ttl if ids_ttl and ids_ttl > 0 else self.id_ttl_ms)
+        if seq is not None:
+            write.eval(_RAISE_TO, 1, self.seq_key, int(seq))
+        await write.execute()
+        return True

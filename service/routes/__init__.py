@@ -3,8 +3,8 @@ also their order in the OpenAPI document)."""
 
 from __future__ import annotations
 
-from . import events, items, operations, recommendations
+from . import admin, events, items, operations, recommendations
 
-ROUTERS = (recommendations.router, events.router, items.router, operations.router)
+ROUTERS = (recommendations.router, events.router, items.router, operations.router, admin.router)
 
 __all__ = ["ROUTERS"]

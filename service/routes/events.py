@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from ..dependencies import get_state, read_access, require_json, write_access
+from ..dependencies import read_access, require_json, serving, write_access
+from ..generation import Generation
 from ..openapi import error_responses
 from ..schemas import EventsAccepted, EventsRequest, UserEventsResponse
-from ..state import ServiceState
 
 router = APIRouter(tags=["users"])
 
@@ -25,7 +25,7 @@ _USER_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
     summary="Store users' interactions (a batch; idempotent per event_id)",
     dependencies=[Depends(write_access), Depends(require_json)],
 )
-async def add_events(body: EventsRequest, svc: ServiceState = Depends(get_state)):
+async def add_events(body: EventsRequest, svc: Generation = Depends(serving)):
     return await svc.add_events(body)
 
 
@@ -38,6 +38,6 @@ async def add_events(body: EventsRequest, svc: ServiceState = Depends(get_state)
 )
 async def user_events(
     user_id: Annotated[str, Path(min_length=1, max_length=256, pattern=_USER_ID_PATTERN)],
-    svc: ServiceState = Depends(get_state),
+    svc: Generation = Depends(serving),
 ):
     return await svc.user_events(user_id)

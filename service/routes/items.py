@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from ..dependencies import get_state, read_access, request_deadline, require_json, write_access
+from ..dependencies import read_access, request_deadline, require_json, serving, write_access
+from ..generation import Generation
 from ..openapi import error_responses
 from ..schemas import SEARCH_MAX_LIMIT, ItemCreated, ItemCreateRequest, ItemRecordResponse, ItemSearchResponse
-from ..state import ServiceState
 
 router = APIRouter(tags=["items"])
 
@@ -34,7 +34,7 @@ _READ_IT = {"GetItem": {"operationRef": "#/paths/~1v1~1items~1{item_id}/get",
     dependencies=[Depends(write_access), Depends(require_json)],
 )
 async def create_item(body: ItemCreateRequest, request: Request, response: Response,
-                      svc: ServiceState = Depends(get_state)):
+                      svc: Generation = Depends(serving)):
     textual_id, created = await svc.create_item(body, deadline=request_deadline(request))
     if not created:
         response.status_code = 200
@@ -55,7 +55,7 @@ async def search_items(
     q: Annotated[str, Query(min_length=1, max_length=200, description="title words or their beginnings",
                             examples=["star wa"])],
     limit: Annotated[int, Query(ge=1, le=SEARCH_MAX_LIMIT, description="most items to return")] = 20,
-    svc: ServiceState = Depends(get_state),
+    svc: Generation = Depends(serving),
 ):
     return svc.search_items(q, limit)
 
@@ -67,5 +67,5 @@ async def search_items(
     summary="An item's textual ID and metadata",
     dependencies=[Depends(read_access)],
 )
-async def get_item(item_id: str, svc: ServiceState = Depends(get_state)):
+async def get_item(item_id: str, svc: Generation = Depends(serving)):
     return await svc.get_item(item_id)

@@ -24,7 +24,7 @@ async def healthz():
     "/readyz",
     response_model=Readiness,
     responses=error_responses(503),
-    summary="Bundle loaded and Redis answering",
+    summary="Bundle loaded and Redis answering; which bundle serves",
 )
 async def readyz(svc: ServiceState = Depends(service_state)):
     checks = await svc.readiness()
@@ -32,7 +32,8 @@ async def readyz(svc: ServiceState = Depends(service_state)):
     if failing:
         message = "; ".join(f"{name}: {value}" for name, value in failing.items())
         raise ApiError(503, "not_ready", message, {"checks": checks})
-    return Readiness(status="ready", checks=checks)
+    generation = svc.generation
+    return Readiness(status="ready", checks=checks, serving={**generation.describe(), "path": None} if generation else None)
 
 
 @router.get(

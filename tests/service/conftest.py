@@ -55,20 +55,25 @@ def bundle_path(tmp_path_factory) -> Path:
     return build_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
 
 
-def build_tiny_bundle(out: Path) -> Path:
+def build_tiny_bundle(out: Path, *, generator_seed: int = 1, extra_items: dict[str, dict] | None = None,
+                      dataset: str = "synthetic") -> Path:
     """The test bundle, written to `out`; a plain function so scripts (benchmarks/load_replicas.py
-    runs) can build the same bundle outside pytest."""
-    metadata = [flatten_metadata(m) for m in catalog_metadata()]
+    runs) can build the same bundle outside pytest. A "retrained" one (tests of reloads and
+    upgrades): another `generator_seed` gives its items other textual IDs, and `extra_items`
+    (item id -> metadata) adds items after the catalog's, as a bundle trained on an export of
+    the items minted since would."""
+    extra_items = extra_items or {}
+    metadata = [flatten_metadata(m) for m in [*catalog_metadata(), *extra_items.values()]]
     texts = [flatten_item_text(m) for m in metadata]
     vocabulary = [metadata_values_text(m) for m in metadata]
     tokenizer = train_tokenizer(texts + [EXTRA_TEXT] + prompt_corpus(), vocab_size=200)
     recommender = build_t5(TINY, tokenizer, seed=0).eval()
-    generator = build_t5(TINY, tokenizer, seed=1).eval()
+    generator = build_t5(TINY, tokenizer, seed=generator_seed).eval()
     mint = MintConfig(num_groups=4, penalty_max=3.0, length_steps=1, extra_length=6, batch_size=64)
     minted, stats = mint_catalog(generator, tokenizer, texts, vocabulary, mint, progress=False)
     items = [
-        BundleItem(f"m{i}", m.textual_id, encode_textual_id(tokenizer, m.textual_id), text)
-        for i, (m, text) in enumerate(zip(minted, texts, strict=True))
+        BundleItem(item_id, m.textual_id, encode_textual_id(tokenizer, m.textual_id), text)
+        for item_id, m, text in zip([f"m{i}" for i in range(N_ITEMS)] + list(extra_items), minted, texts, strict=True)
     ]
     config = preset("tiny").to_dict()
     config["generator"]["mint"] = mint.to_dict()
@@ -82,7 +87,7 @@ def build_tiny_bundle(out: Path) -> Path:
         models={"recommender": recommender, "id_generator": generator},
         items=items,
         config=config,
-        dataset="synthetic",
+        dataset=dataset,
         id_stats=stats.to_dict(),
         metrics={},
         popularity=catalog_popularity(),

@@ -223,7 +223,10 @@ async def test_health_ready_metrics_docs(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"bundle": "ok", "redis": "ok"}}
+    body = ready.json()
+    assert {k: body[k] for k in ("status", "checks")} == {"status": "ready", "checks": {"bundle": "ok", "redis": "ok"}}
+    assert body["serving"]["generation"] == 1 and body["serving"]["kind"] == "idgenrec"
+    assert body["serving"]["bundle"].startswith("synthetic-") and body["serving"]["path"] is None
 
     await client.post("/v1/recommendations", json={"history": ["m1"], "k": 2})
     await client.post("/v1/recommendations", json={"history": ["zzz"], "k": 2})

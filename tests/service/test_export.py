@@ -193,7 +193,7 @@ async def test_an_export_without_a_bundle_names_the_catalog_and_refuses_bad_inpu
 async def test_the_bundle_names_the_catalog_and_the_base_data(make_settings, bundle_path, redis_url, tmp_path,
                                                               capsys):
     from genrec.bundle import load_bundle
-    from service.state import default_catalog
+    from service.generation import default_catalog
 
     catalog = default_catalog(load_bundle(bundle_path, verify=False))
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-import service.state
+import service.generation
 from service.app import create_app
 from service.embedded_redis import free_port
 
@@ -149,13 +149,13 @@ def test_corrupt_bundle_stops_the_start_with_one_line(bundle_path, redis_url, ca
 @pytest.mark.anyio
 async def test_not_ready_until_the_bundle_and_trie_are_loaded(make_settings, monkeypatch):
     gate = threading.Event()
-    real_load = service.state.load_bundle
+    real_load = service.generation.load_bundle
 
     def slow_load(*args, **kwargs):
         gate.wait(10)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(service.state, "load_bundle", slow_load)
+    monkeypatch.setattr(service.generation, "load_bundle", slow_load)
     app = create_app(make_settings())
     started, stop = asyncio.Event(), asyncio.Event()
 

@@ -39,7 +39,8 @@ def test_api_tokens_parse_into_named_scoped_keys():
     assert [(k.name, sorted(k.scopes)) for k in keys] == [
         ("dash", ["read"]), ("ingest", ["write"]), ("ops", ["read", "write"])]
     assert READER not in repr(keys)  # the secret never shows
-    for bad in (f"dash:{READER}", f"dash:{READER}:admin", f"bad name:{READER}:read", f"a:{READER}:read:x"):
+    assert [sorted(k.scopes) for k in parse_api_tokens(f"ops:{READER}:admin,read")] == [["admin", "read"]]
+    for bad in (f"dash:{READER}", f"dash:{READER}:root", f"bad name:{READER}:read", f"a:{READER}:read:x"):
         with pytest.raises(ValueError) as info:
             parse_api_tokens(bad)
         assert READER not in str(info.value)  # errors name the entry, never its token

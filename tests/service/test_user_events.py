@@ -388,3 +388,34 @@ async def test_a_batch_of_events_counts_one_write_against_the_write_quota(make_s
         assert "write requests" in error["message"]
         refused = await client.post("/v1/events", content=b"{broken", headers={"content-type": "application/json"})
         assert_error(refused, 429, "too_many_requests")
+
+
+async def test_copied_events_keep_their_arrival_numbers_below_the_new_catalogs_counter(redis_url, catalog_name):
+    """An upgrade copies a user's events into the new catalog (service/upgrade.py): the new
+    catalog's counter is raised to the old one's, so events stored there later sort after the
+    copied ones, and an export's boundary (the counter's value) counts the copied ones in."""
+    import redis.asyncio as aioredis
+
+    from service.user_events import UserEvent, UserEventStore, member_seq, seq_key
+
+    old_prefix, new_prefix = namespace(f"{catalog_name}-old"), namespace(f"{catalog_name}-new")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        old = UserEventStore(client, old_prefix, keep=20, id_ttl_s=60, ids_per_user=10)
+        for n in range(5):  # other users first: the old counter runs ahead of the new one
+            await old.add([UserEvent(f"other{n}", "m1", 100.0 + n, None)])
+        await old.add([UserEvent("u", "m1", 10.0, "e1"), UserEvent("u", "m2", 10.0, "e2")])
+        new = UserEventStore(client, new_prefix, keep=20, id_ttl_s=60, ids_per_user=10, fallback_prefix=old_prefix)
+        assert [e.item_id for e in await new.history("u")] == ["m1", "m2"]  # read through before the copy
+        await new.add([UserEvent("u", "m3", 10.0, None), UserEvent("u", "e1-again", 10.0, "e1")])
+        members = await client.zrange(new.events_key("u"), 0, -1)
+        counter = int(await client.get(seq_key(new_prefix)))
+        assert [m.split(":", 1)[1] for m in members] == ["m1", "m2", "m3"]  # same timestamp: arrival order
+        assert all(member_seq(m) <= counter for m in members)
+        assert member_seq(members[-1]) > max(member_seq(m) for m in members[:2])
+        assert await client.exists(f"{old_prefix}user:u")  # nothing written or deleted there
+    finally:
+        for prefix in (old_prefix, new_prefix):
+            async for key in client.scan_iter(match=f"{prefix}*"):
+                await client.delete(key)
+        await client.aclose()
