@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -130,11 +131,16 @@ class ServiceState:
         self.mint_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-mint")
                               if s.mint_thread else self.executor)
         loop = asyncio.get_running_loop()
+        phase = _PhaseTimer(self.metrics)
         try:
             self.bundle = await loop.run_in_executor(
                 self.executor, lambda: load_bundle(s.bundle, verify=s.verify_bundle)
             )
-            self.catalog = Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
+            phase("bundle")
+            self.catalog = await loop.run_in_executor(
+                self.executor, lambda: Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
+            )
+            phase("catalog")
             digest = bundle_digest(self.bundle)
             self.model_info = {
                 "kind": self.bundle.kind,
@@ -153,6 +159,7 @@ class ServiceState:
                                      wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
                                  mint_max_rounds=s.mint_max_rounds or None)
+            phase("models")
             self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
             self.user_events_store = UserEventStore(
                 self.registry.aio, self.registry.prefix,
@@ -163,7 +170,9 @@ class ServiceState:
                 log.warning("the bundle has no popularity list (it was written before they were): requests with "
                             "an empty history get no items (strategy \"popular\"); retrain the bundle to get one")
             await self._wait_for_redis()
+            phase("redis_connect")
             seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", digest)
+            phase("seed")
             events, last_id = await self.registry.load_events()
             self.follower = EventFollower(
                 self.registry,
@@ -173,6 +182,10 @@ class ServiceState:
                 on_rewind=self._stream_rewound,
             )
             self.follower.apply(events)  # the items minted before this start
+            phase("minted_items")
+            # The decoding tables, before the first request rather than in it.
+            await loop.run_in_executor(self.executor, self.catalog.trie.tables)
+            phase("trie_tables")
             self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
             await self.registry.connect_follower()
             self.follower.start()
@@ -188,6 +201,8 @@ class ServiceState:
             # hundreds of ms under load).
             gc.collect()
             gc.freeze()
+            phase("gc")
+            phase.total()
             self.ready = True
             log.info(
                 "serving %s bundle %s: %d items (%d minted), catalog %r, seeding %s",
@@ -698,6 +713,23 @@ class ServiceState:
                 self.metrics.redis_errors.labels(operation="ping").inc()
                 checks["redis"] = f"unreachable ({type(exc).__name__})"
         return checks
+
+
+class _PhaseTimer:
+    """Times the parts of a start, each into `genrec_startup_seconds{phase}`."""
+
+    def __init__(self, metrics: ServiceMetrics):
+        self.metrics = metrics
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.metrics.startup_seconds.labels(phase=name).set(now - self.last)
+        self.last = now
+
+    def total(self) -> None:
+        self.metrics.startup_seconds.labels(phase="total").set(time.perf_counter() - self.start)
+        log.info("started in %.2f s", time.perf_counter() - self.start)
 
 
 def _overloaded(code: str, message: str) -> ApiError:
