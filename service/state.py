@@ -34,7 +34,7 @@ from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
 
 from .batching import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
-from .catalog import Catalog, EventFollower
+from .catalog import Catalog, EventFollower, TextDigests
 from .embedded_redis import EmbeddedRedis
 from .engine import Engine, MintJob, MintResult, RecommendJob, text_digest, texts_for
 from .errors import ApiError, invalid
@@ -106,7 +106,7 @@ class ServiceState:
         self.mint_executor: ThreadPoolExecutor | None = None  # the executor itself unless mint_thread
         self.keys = settings.keys()
         self.write_protected = settings.write_protected()
-        self.bundle_bases: dict[str, str] = {}  # digest of a bundle item's text -> its textual ID
+        self.bundle_bases: TextDigests | dict[str, str] = {}  # digest of a bundle item's text -> its textual ID
         self.model_info: dict[str, Any] = {}
         self.ready = False
         self.stopping = False
@@ -132,6 +132,7 @@ class ServiceState:
                               if s.mint_thread else self.executor)
         loop = asyncio.get_running_loop()
         phase = _PhaseTimer(self.metrics)
+        gc.disable()  # millions of long-lived objects are made: no collections while they are
         try:
             self.bundle = await loop.run_in_executor(
                 self.executor, lambda: load_bundle(s.bundle, verify=s.verify_bundle)
@@ -160,7 +161,7 @@ class ServiceState:
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
                                  mint_max_rounds=s.mint_max_rounds or None)
             phase("models")
-            self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
+            self.bundle_bases = TextDigests(self.bundle.items, text_digest)
             self.user_events_store = UserEventStore(
                 self.registry.aio, self.registry.prefix,
                 keep=s.user_events_factor * (self.engine.method.history_length() or s.max_history),
@@ -199,6 +200,7 @@ class ServiceState:
             # The bundle, catalog and trie are long-lived: moved out of the garbage collector's
             # generations, full collections stop walking them (they paused requests for up to
             # hundreds of ms under load).
+            gc.enable()
             gc.collect()
             gc.freeze()
             phase("gc")
@@ -209,6 +211,7 @@ class ServiceState:
                 self.bundle.kind, self.model_info["bundle"], len(self.catalog), len(events), catalog_name, seeded,
             )
         except BaseException:
+            gc.enable()
             await self.stop()
             raise
 
