@@ -103,13 +103,16 @@ def redis_memory_mib(url: str) -> float:
         return client.info("memory")["used_memory"] / 2**20
 
 
-def measure_size(bundle: Path, items: int, redis_url: str, tmp: Path, args) -> dict:
-    """One catalog size: replica A on an empty Redis, load, mints; replica B on the seeded Redis."""
+def measure_size(bundle: Path, items: int, redis_url: str, tmp: Path, args, *, catalog: str | None = None,
+                 flush: bool = True, second_replica: bool = True) -> dict:
+    """One catalog size: replica A on an empty Redis (`flush`: all of it flushed first, for its
+    memory; else a catalog namespace of its own), load, mints; replica B on the seeded Redis."""
     from .serve_load import drive
 
-    with redis.Redis.from_url(redis_url) as client:
-        client.flushall()
-    catalog = f"scale-{uuid.uuid4().hex[:8]}"
+    if flush:
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()
+    catalog = catalog or f"scale-{uuid.uuid4().hex[:8]}"
     env = {"REDIS_URL": redis_url, "GENREC_CATALOG": catalog, "GENREC_MAX_BATCH_SIZE": "32",
            "GENREC_MAX_WAIT_MS": "5", **dict(e.split("=", 1) for e in args.env)}
     row: dict = {"items": items, "bundle": str(bundle)}
@@ -126,6 +129,8 @@ def measure_size(bundle: Path, items: int, redis_url: str, tmp: Path, args) -> d
         row["mint_p50_ms"] = 1000 * statistics.median(mints)
         row["mint_max_ms"] = 1000 * max(mints)
         row["memory_after_load"] = rss_mib(a.proc.pid)
+        if not second_replica:
+            return row
         b, row["ready_seeded_redis_s"] = start_replica(bundle, env, tmp / f"b-{items}.log", args.ready_timeout_s)
         try:
             row["phases_seeded_redis"] = startup_phases(b.url)
@@ -203,7 +208,7 @@ def summarise(all_rows: list[dict]) -> dict:
         r["redis_bytes_per_item"] = r["redis_mib"] * 2**20 / r["items"]
         r["p50_c1_vs_smallest"] = r["c1"]["p50_ms"] / base["c1"]["p50_ms"]
         table.append([
-            r["items"], r["ready_empty_redis_s"], r["ready_seeded_redis_s"],
+            r["items"], r["ready_empty_redis_s"], r.get("ready_seeded_redis_s", "-"),
             r["phases_empty_redis"].get("seed", float("nan")), r["memory_ready"]["rss_mib"],
             r["kib_per_item"] if r["kib_per_item"] is not None else "-", r["redis_mib"],
             r["c1"]["p50_ms"], r["c1"]["p99_ms"], r["c16"]["p50_ms"], r["c16"]["p99_ms"],
@@ -218,6 +223,8 @@ def summarise(all_rows: list[dict]) -> dict:
     phases = []
     for r in rows:
         for which in ("empty", "seeded"):
+            if f"phases_{which}_redis" not in r:  # no second replica
+                continue
             parts = r[f"phases_{which}_redis"]
             ready = r[f"ready_{which}_redis_s"]
             # before the app's start: the interpreter, the imports (torch, transformers), uvicorn

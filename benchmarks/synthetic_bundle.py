@@ -101,8 +101,9 @@ def textual_ids(metadata: list[dict]) -> list[str]:
     return out
 
 
-def build(items: int, out: Path, seed: int = 0, quiet: bool = False) -> Path:
-    """Writes the synthetic bundle of `items` items at `out`; returns its path."""
+def build(items: int, out: Path, seed: int = 0, quiet: bool = False, tokenizer_items: int = TOKENIZER_ITEMS) -> Path:
+    """Writes the synthetic bundle of `items` items at `out`; returns its path. `tokenizer_items`:
+    the items the tokenizer is trained on (fewer: a quicker build, another tokenizer)."""
     import torch
 
     from genrec.bundle import BundleItem, write_bundle
@@ -122,11 +123,11 @@ def build(items: int, out: Path, seed: int = 0, quiet: bool = False) -> Path:
     metadata = [m for chunk in metadata_chunks(items, seed) for m in chunk]
     texts = [flatten_item_text(flatten_metadata(m)) for m in metadata]
     say(f"{items} items' metadata")
-    corpus_items = texts if items >= TOKENIZER_ITEMS else [
-        flatten_item_text(flatten_metadata(m)) for chunk in metadata_chunks(TOKENIZER_ITEMS, seed) for m in chunk
+    corpus_items = texts if items >= tokenizer_items else [
+        flatten_item_text(flatten_metadata(m)) for chunk in metadata_chunks(tokenizer_items, seed) for m in chunk
     ]
     digits = " ".join(str(n) for n in range(100))
-    tokenizer = train_tokenizer(corpus_items[:TOKENIZER_ITEMS] + [digits] + prompt_corpus(), vocab_size=5000)
+    tokenizer = train_tokenizer(corpus_items[:tokenizer_items] + [digits] + prompt_corpus(), vocab_size=5000)
     say("tokenizer")
     ids = textual_ids(metadata)
     eos = tokenizer.eos_token_id

@@ -447,6 +447,8 @@ def read_items(path: Path) -> list[BundleItem]:
             or min(token_ids) < 0
         ):
             raise BundleError(f"{where}: token_ids must be a non-empty list of non-negative integers")
+        if max(token_ids) < len(_TOKEN_INTS):  # one int object per token id, not one per occurrence
+            token_ids = list(map(_TOKEN_INTS.__getitem__, token_ids))
         if item_id in by_id:
             raise BundleError(f"{where}: duplicate item_id {item_id!r} (first on line {by_id[item_id]})")
         if textual_id in by_tid:
@@ -459,6 +461,7 @@ def read_items(path: Path) -> list[BundleItem]:
     return items
 
 
+_TOKEN_INTS = tuple(range(1 << 16))  # shared int objects for the token ids of items.jsonl
 _ROW_FIELDS = ("item_id", "textual_id", "token_ids", "text")
 
 

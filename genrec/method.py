@@ -26,6 +26,7 @@ from typing import ClassVar, Protocol
 
 from .bundle import Bundle
 from .config import TrainConfig
+from .errors import ConfigError
 from .registry import method_class
 from .textual_ids import MintedId
 from .trie import TextualIdTrie
@@ -67,6 +68,7 @@ class RuntimeOptions:
 
     num_beams: int | None = None  # beam width of methods that decode (IDGenRec)
     mint_max_rounds: int | None = None  # generator rounds per new item before the numeric suffix (IDGenRec)
+    quantize: str | None = None  # "int8": dynamic int8 quantisation of the models' Linear layers (CPU)
 
 
 class UserIdCache(Protocol):
@@ -128,4 +130,28 @@ class Method(ABC):
 
 def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
     """The bundle's trained method, ready to recommend and mint: the one dispatch on its kind."""
-    return method_class(bundle.kind).load(bundle, bundle.train_config, options)
+    method = method_class(bundle.kind).load(bundle, bundle.train_config, options)
+    if options is not None and options.quantize not in (None, "", "none"):
+        quantize_models(method, options.quantize)
+    return method
+
+
+QUANTIZE_MODES = ("none", "int8")
+
+
+def quantize_models(method: Method, mode: str) -> int:
+    """Dynamic quantisation, in place, of every model the method holds (its torch modules):
+    with "int8" each Linear layer keeps int8 weights and quantises its input on the fly, which
+    CPU inference runs faster (docs/benchmarks.md, "int8"). Returns how many modules it quantised."""
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown quantize mode {mode!r}; known: {', '.join(QUANTIZE_MODES)}")
+    if mode == "none":
+        return 0
+    import torch
+
+    seen: set[int] = set()
+    for value in list(vars(method).values()):
+        if isinstance(value, torch.nn.Module) and id(value) not in seen:
+            seen.add(id(value))
+            torch.ao.quantization.quantize_dynamic(value, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return len(seen)

@@ -184,6 +184,10 @@ class Settings(BaseSettings):
         True, description="wait max_wait_ms for more requests only when the previous batch had more than one"
     )
     torch_threads: int | None = Field(None, ge=1, le=256)
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantisation of the models' Linear layers at load, for CPU "
+        "serving (faster; recommendations may differ slightly from the unquantised model's)"
+    )
     trie_fold_threshold: int = Field(1000, ge=1, description="overlay size at which the trie is rebuilt")
     mint_thread: bool = Field(True, description="mint on a thread of its own, beside the recommendations' one")
     mint_max_rounds: int = Field(

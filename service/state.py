@@ -34,7 +34,7 @@ from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
 
 from .batching import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
-from .catalog import Catalog, EventFollower, TextDigests
+from .catalog import Catalog, EventFollower, TextDigests, release_free_memory
 from .embedded_redis import EmbeddedRedis
 from .engine import Engine, MintJob, MintResult, RecommendJob, text_digest, texts_for
 from .errors import ApiError, invalid
@@ -159,7 +159,7 @@ class ServiceState:
                                      pending_ttl_s=s.pending_claim_ttl_s, cluster=s.redis_cluster,
                                      wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
             self.engine = Engine(self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
-                                 mint_max_rounds=s.mint_max_rounds or None)
+                                 mint_max_rounds=s.mint_max_rounds or None, quantize=s.quantize)
             phase("models")
             self.bundle_bases = TextDigests(self.bundle.items, text_digest)
             self.user_events_store = UserEventStore(
@@ -203,6 +203,7 @@ class ServiceState:
             gc.enable()
             gc.collect()
             gc.freeze()
+            release_free_memory()
             phase("gc")
             phase.total()
             self.ready = True

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="re-evaluate a bundle on its dataset")
     evaluate.add_argument("--bundle", required=True, type=Path)
     evaluate.add_argument("--users", type=int, default=None, help="only the first N users")
+    evaluate.add_argument("--quantize", choices=["none", "int8"], default="none",
+                          help="evaluate with the models quantised as GENREC_QUANTIZE does (the bundle's "
+                               "recorded metrics are then left as they are)")
     evaluate.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import reevaluate
             from .report import metrics_table
 
-            result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress)
+            result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress,
+                                quantize=args.quantize)
             print(metrics_table(result, "test", method_class(result["kind"]).label))
     except GenRecError as exc:
         print(f"genrec-train: error: {exc}", file=sys.stderr)
