@@ -25,7 +25,7 @@ def test_serve_scale_path_on_20k_items(tmp_path, redis_url, catalog_name):
     assert len(items) == ITEMS and len({i.textual_id for i in items}) == ITEMS
     assert all(i.token_ids[-1] == 1 for i in items[:100])  # EOS ends every trie key
 
-    args = Namespace(requests=4, requests_c16=16, mints=1, ready_timeout_s=120.0, env=[])
+    args = Namespace(requests=4, requests_c16=16, mints=1, ready_timeout_s=180.0, env=[])
     row = measure_size(bundle, ITEMS, redis_url, tmp_path, args, catalog=catalog_name, flush=False,
                        second_replica=False)
     assert row["c1"]["requests"] == 4 and row["c1"]["errors"] == 0
@@ -36,4 +36,4 @@ def test_serve_scale_path_on_20k_items(tmp_path, redis_url, catalog_name):
     assert row["memory_ready"]["rss_mib"] > 0 and row["redis_mib"] > 0
     summary = summarise([row])
     assert summary["sizes"] == [ITEMS]
-    assert time.perf_counter() - start < 240  # bounded: the build and one replica, not a benchmark
+    assert time.perf_counter() - start < 300  # bounded: the build and one replica (~1 min on a loaded 2-core machine)
