@@ -29,7 +29,7 @@ import redis
 
 from .common import Server, plot_path, print_table, pyplot, write_json
 
-PHASES = ("bundle", "catalog", "models", "redis_connect", "seed", "minted_items", "trie_tables", "gc")
+PHASES = ("bundle", "catalog", "models", "text_digests", "redis_connect", "seed", "minted_items", "trie_tables", "gc")
 
 
 def rss_mib(pid: int) -> dict[str, float]:

@@ -162,6 +162,7 @@ class ServiceState:
                                  mint_max_rounds=s.mint_max_rounds or None, quantize=s.quantize)
             phase("models")
             self.bundle_bases = TextDigests(self.bundle.items, text_digest)
+            phase("text_digests")
             self.user_events_store = UserEventStore(
                 self.registry.aio, self.registry.prefix,
                 keep=s.user_events_factor * (self.engine.method.history_length() or s.max_history),
