@@ -55,7 +55,7 @@ _CHUNK = 1 << 20  # 1 MiB
 _PROTECTED_KEYS = frozenset({"files", "format_version"})
 
 
-@dataclass
+@dataclass(slots=True)
 class BundleItem:
     item_id: str
     textual_id: str
@@ -421,48 +421,88 @@ def read_items(path: Path) -> list[BundleItem]:
     ipath = path / ITEMS_NAME if path.is_dir() else path
     if not ipath.is_file():
         raise BundleError(f"{ITEMS_NAME} not found: {ipath}")
+    rows, linenos = _item_rows(ipath)
     items: list[BundleItem] = []
     by_id: dict[str, int] = {}
     by_tid: dict[str, int] = {}
-    with open(ipath, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{ITEMS_NAME} line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BundleError(f"{where}: not valid JSON: {exc}") from exc
-            if not isinstance(row, dict):
-                raise BundleError(f"{where}: expected a JSON object")
-            missing = [k for k in ("item_id", "textual_id", "token_ids", "text") if k not in row]
-            if missing:
-                raise BundleError(f"{where}: missing field(s) {', '.join(missing)}")
-            item_id, textual_id, token_ids, text = (
-                row["item_id"], row["textual_id"], row["token_ids"], row["text"]
+    for index, row in enumerate(rows):
+        rows[index] = None  # each row freed as its item is made
+        lineno = linenos[index] if linenos is not None else index + 1
+        where = f"{ITEMS_NAME} line {lineno}"
+        if not isinstance(row, _Row):
+            raise BundleError(f"{where}: expected a JSON object")
+        if row.missing:
+            raise BundleError(f"{where}: missing field(s) {', '.join(row.missing)}")
+        item_id, textual_id, token_ids, text = row
+        if not isinstance(item_id, str) or not item_id:
+            raise BundleError(f"{where}: item_id must be a non-empty string")
+        if not isinstance(textual_id, str) or not textual_id:
+            raise BundleError(f"{where}: textual_id must be a non-empty string")
+        if not isinstance(text, str):
+            raise BundleError(f"{where}: text must be a string")
+        if (
+            not isinstance(token_ids, list)
+            or not token_ids
+            or set(map(type, token_ids)) != {int}
+            or min(token_ids) < 0
+        ):
+            raise BundleError(f"{where}: token_ids must be a non-empty list of non-negative integers")
+        if max(token_ids) < len(_TOKEN_INTS):  # one int object per token id, not one per occurrence
+            token_ids = list(map(_TOKEN_INTS.__getitem__, token_ids))
+        if item_id in by_id:
+            raise BundleError(f"{where}: duplicate item_id {item_id!r} (first on line {by_id[item_id]})")
+        if textual_id in by_tid:
+            raise BundleError(
+                f"{where}: duplicate textual_id {textual_id!r} (first on line {by_tid[textual_id]})"
             )
-            if not isinstance(item_id, str) or not item_id:
-                raise BundleError(f"{where}: item_id must be a non-empty string")
-            if not isinstance(textual_id, str) or not textual_id:
-                raise BundleError(f"{where}: textual_id must be a non-empty string")
-            if not isinstance(text, str):
-                raise BundleError(f"{where}: text must be a string")
-            if (
-                not isinstance(token_ids, list)
-                or not token_ids
-                or not all(type(t) is int and t >= 0 for t in token_ids)
-            ):
-                raise BundleError(f"{where}: token_ids must be a non-empty list of non-negative integers")
-            if item_id in by_id:
-                raise BundleError(f"{where}: duplicate item_id {item_id!r} (first on line {by_id[item_id]})")
-            if textual_id in by_tid:
-                raise BundleError(
-                    f"{where}: duplicate textual_id {textual_id!r} (first on line {by_tid[textual_id]})"
-                )
-            by_id[item_id] = lineno
-            by_tid[textual_id] = lineno
-            items.append(BundleItem(item_id, textual_id, token_ids, text))
+        by_id[item_id] = lineno
+        by_tid[textual_id] = lineno
+        items.append(BundleItem(item_id, textual_id, token_ids, text))
     return items
+
+
+_TOKEN_INTS = tuple(range(1 << 16))  # shared int objects for the token ids of items.jsonl
+_ROW_FIELDS = ("item_id", "textual_id", "token_ids", "text")
+
+
+class _Row(tuple):
+    """A parsed items.jsonl object, as its four fields (a dict a row, a million at once, would
+    hold far more memory while the file is read); `missing` names the fields it lacks."""
+
+    missing: tuple[str, ...] = ()
+
+
+def _row_fields(obj: dict) -> _Row:
+    row = _Row((obj.get("item_id"), obj.get("textual_id"), obj.get("token_ids"), obj.get("text")))
+    if None in row:
+        row.missing = tuple(key for key in _ROW_FIELDS if key not in obj)
+    return row
+
+
+def _item_rows(ipath: Path) -> tuple[list, list[int] | None]:
+    """The parsed lines of items.jsonl and their line numbers (None: the i-th row is line i + 1).
+
+    A file without blank lines is parsed in one call, as one JSON array (a json.loads a line
+    costs several times more at a million items); otherwise, or when that fails, line by line,
+    so that an error names its line."""
+    data = ipath.read_text(encoding="utf-8").rstrip("\n")
+    if data:  # a blank line makes it invalid JSON (",,"): then line by line
+        try:
+            rows = json.loads("[" + data.replace("\n", ",") + "]", object_hook=_row_fields)
+        except json.JSONDecodeError:
+            rows = None
+        if rows is not None and len(rows) == data.count("\n") + 1:
+            return rows, None
+    rows, linenos = [], []
+    for lineno, line in enumerate(data.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line, object_hook=_row_fields))
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{ITEMS_NAME} line {lineno}: not valid JSON: {exc}") from exc
+        linenos.append(lineno)
+    return rows, linenos
 
 
 def read_popularity(path: Path, manifest: dict, items: list[BundleItem]) -> list[tuple[str, int]] | None:

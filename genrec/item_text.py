@@ -83,7 +83,12 @@ def item_title(text: str) -> str:
     flatten_item_text puts title-like fields first, so bundle items (which keep only their text)
     and minted ones get their title the same way. A title holding '; x: ' is cut there.
     """
-    label, value = next(iter(item_text_fields(text).items()), (None, ""))
+    return title_of_fields(item_text_fields(text), text)
+
+
+def title_of_fields(fields: Mapping[str, str], text: str) -> str:
+    """`item_title` of a text whose fields (`item_text_fields(text)`) are parsed already."""
+    label, value = next(iter(fields.items()), (None, ""))
     return value if label in _TITLE_LABELS and value else text
 
 

@@ -29,6 +29,7 @@ import torch
 from .bundle import Bundle
 from .config import TrainConfig
 from .device import autocast, check_precision, resolve_device
+from .errors import ConfigError
 from .registry import method_class
 from .textual_ids import MintedId
 from .trie import TextualIdTrie
@@ -72,6 +73,7 @@ class RuntimeOptions:
     mint_max_rounds: int | None = None  # generator rounds per new item before the numeric suffix (IDGenRec)
     device: str | None = None  # auto, cpu, cuda or cuda:N (genrec.device); None: auto
     precision: str | None = None  # fp32 or bf16 (bf16 autocast on CUDA); None: fp32
+    quantize: str | None = None  # "int8": dynamic int8 quantisation of the models' Linear layers (CPU)
 
 
 class UserIdCache(Protocol):
@@ -151,6 +153,31 @@ class Method(ABC):
 
 def load_method(bundle: Bundle, options: RuntimeOptions | None = None) -> Method:
     """The bundle's trained method, ready to recommend and mint, on the options' device (default
-    auto: a GPU when there is one): the one dispatch on its kind."""
+    auto: a GPU when there is one), its models quantised when the options say so (CPU only):
+    the one dispatch on its kind."""
     method = method_class(bundle.kind).load(bundle, bundle.train_config, options)
-    return method.place(options.device if options else None, options.precision if options else None)
+    device = resolve_device(options.device if options else None)
+    if options is not None and options.quantize not in (None, "", "none"):
+        if device.type != "cpu":
+            raise ConfigError(f"quantize {options.quantize!r} is for CPU serving; the device is {device}")
+        quantize_models(method, options.quantize)
+    return method.place(device, options.precision if options else None)
+
+
+QUANTIZE_MODES = ("none", "int8")
+
+
+def quantize_models(method: Method, mode: str) -> int:
+    """Dynamic quantisation, in place, of every model the method holds (its torch modules):
+    with "int8" each Linear layer keeps int8 weights and quantises its input on the fly, which
+    CPU inference runs faster (docs/benchmarks.md, "int8"). Returns how many modules it quantised."""
+    if mode not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown quantize mode {mode!r}; known: {', '.join(QUANTIZE_MODES)}")
+    if mode == "none":
+        return 0
+    seen: set[int] = set()
+    for value in list(vars(method).values()):
+        if isinstance(value, torch.nn.Module) and id(value) not in seen:
+            seen.add(id(value))
+            torch.ao.quantization.quantize_dynamic(value, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    return len(seen)

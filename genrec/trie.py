@@ -550,13 +550,16 @@ class TextualIdTrie:
         for tokens in sequences:
             self._sequences.append(self._checked(tokens))
         self._num_base = len(self._sequences)
-        self._base = marisa_trie.Trie([encode_key(s) for s in self._sequences])
+        keys = [encode_key(s) for s in self._sequences]
+        self._base = marisa_trie.Trie(keys)
         if len(self._base) != len(self._sequences):
             raise ValueError("two items share one token sequence (textual IDs must be unique)")
         # marisa assigns its own key ids: map them to item indices.
+        base = self._base
         self._base_item = np.empty(len(self._sequences), dtype=np.int64)
-        for index, seq in enumerate(self._sequences):
-            self._base_item[self._base[encode_key(seq)]] = index
+        self._base_item[np.fromiter((base[key] for key in keys), dtype=np.int64, count=len(keys))] = np.arange(
+            len(keys), dtype=np.int64)
+        del keys
         self._overlay: dict[str, int] = {}
         self._base_tables: TrieTables | None = None
         # The overlay's trie, append-only: edges (node, token) -> child, per-node arrays.
@@ -569,7 +572,7 @@ class TextualIdTrie:
         self._tables: TrieTables | None = None
 
     def _checked(self, tokens: Iterable[int]) -> tuple[int, ...]:
-        tokens = tuple(int(t) for t in tokens)
+        tokens = tuple(map(int, tokens))
         if len(tokens) < 2 or tokens[-1] != self.eos_token_id or self.eos_token_id in tokens[:-1]:
             raise ValueError(f"a trie key must be one or more tokens followed by a single EOS: {tokens}")
         return tokens

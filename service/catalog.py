@@ -10,12 +10,21 @@ never change, and the new trie only knows more items.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from genrec.bundle import BundleItem
-from genrec.item_text import flatten_item_text, flatten_metadata, item_title
+from genrec.item_text import (
+    flatten_item_text,
+    flatten_metadata,
+    item_text_fields,
+    item_title,
+    title_of_fields,
+)
 from genrec.trie import TextualIdTrie
 
 from .filters import FilterIndex
@@ -32,12 +41,22 @@ class Catalog:
     def __init__(self, items: Sequence[BundleItem], eos_token_id: int):
         self.eos_token_id = eos_token_id
         self._trie = TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
-        self._textual: dict[str, str] = {i.item_id: i.textual_id for i in items}
-        self._bundle_text: dict[str, str] = {i.item_id: i.text for i in items}
+        # The bundle's items are read through their trie index (which never changes): no
+        # per-item dictionaries of their textual IDs and texts beside the bundle's own list.
+        self._items = items
+        self._num_bundle = len(items)
+        self._minted_textual: dict[str, str] = {}  # textual IDs of the items added after the bundle's
         self._records: dict[str, ItemRecord] = {}  # minted items whose whole record was seen
         self._entries: dict[str, str] = {}  # minted item -> id of its latest events stream entry
-        self._filters = FilterIndex.of_bundle(items)  # what request filters match, updated with the trie
-        self._titles = TitleIndex((i.item_id, item_title(i.text)) for i in items)
+        # What request filters match and the title search, from one parse of each item text.
+        self._filters = FilterIndex()
+        titles = []
+        for item in items:
+            fields = item_text_fields(item.text)
+            self._filters.add_fields(item.item_id, fields)
+            titles.append((item.item_id, title_of_fields(fields, item.text)))
+        self._titles = TitleIndex(titles)
+        del titles
         self._write_lock = threading.Lock()  # adds and the swap of a fold
         self._fold_lock = threading.Lock()  # one fold at a time
         self.folds = 0
@@ -50,17 +69,21 @@ class Catalog:
         return len(self._trie)
 
     def __contains__(self, item_id: str) -> bool:
-        return item_id in self._textual
+        return self._trie.index_of(item_id) is not None
 
     @property
     def overlay_size(self) -> int:
         return self._trie.overlay_size
 
     def textual_id(self, item_id: str) -> str | None:
-        return self._textual.get(item_id)
+        index = self._trie.index_of(item_id)
+        if index is None:
+            return None
+        return self._items[index].textual_id if index < self._num_bundle else self._minted_textual.get(item_id)
 
     def bundle_text(self, item_id: str) -> str | None:
-        return self._bundle_text.get(item_id)
+        index = self._trie.index_of(item_id)
+        return self._items[index].text if index is not None and index < self._num_bundle else None
 
     def record(self, item_id: str) -> ItemRecord | None:
         """The whole record of a minted item, when this replica committed or read it."""
@@ -96,7 +119,8 @@ class Catalog:
 
     def unknown(self, item_ids: Iterable[str]) -> list[str]:
         """The ids (first occurrence order, no repeats) that the catalog does not hold."""
-        return [i for i in dict.fromkeys(item_ids) if i not in self._textual]
+        trie = self._trie
+        return [i for i in dict.fromkeys(item_ids) if trie.index_of(i) is None]
 
     def add(self, item_id: str, textual_id: str, token_ids: Sequence[int], metadata: Mapping | None = None) -> bool:
         """Adds a minted item (idempotent) to the trie, and its posted metadata to the filter index
@@ -104,12 +128,12 @@ class Catalog:
         first known without its metadata (an events entry of an older version, a restore of an ID
         alone) is indexed when a later add brings it."""
         with self._write_lock:
-            known = self._textual.get(item_id)
+            known = self.textual_id(item_id)
             if known is not None and known != textual_id:
                 raise ValueError(f"item {item_id!r} already has the textual ID {known!r}")
             if known is None:
                 self._trie.add(item_id, token_ids)
-                self._textual[item_id] = textual_id
+                self._minted_textual[item_id] = textual_id
             if metadata:
                 self._filters.add(item_id, metadata)
                 self._titles.add(item_id, item_title(flatten_item_text(flatten_metadata(metadata))))
@@ -156,6 +180,46 @@ class Catalog:
             return True
         finally:
             self._fold_lock.release()
+
+
+def release_free_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc's malloc_trim): building a large
+    catalog frees hundreds of MB of temporary arrays and dictionaries that glibc would otherwise
+    keep, counted in the process's resident memory. Nothing elsewhere (no glibc): no-op."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class TextDigests:
+    """The digest of a bundle item's text -> its textual ID (`get`, as a dict's), for the mints
+    that repeat a bundle item's text: the digests' first 64 bits, sorted, and the items'
+    positions, 12 bytes an item rather than a dictionary entry and a digest string (about 180);
+    a prefix found is confirmed against the item's whole digest."""
+
+    def __init__(self, items: Sequence[BundleItem], digest: Callable[[str], str]):
+        self._items = items
+        self._digest = digest
+        prefixes = np.fromiter((int(digest(item.text)[:16], 16) for item in items), dtype=np.uint64,
+                               count=len(items))
+        order = np.argsort(prefixes, kind="stable")
+        self._prefixes = prefixes[order]
+        self._order = order.astype(np.int32 if len(items) < 2**31 else np.int64)
+
+    def get(self, digest: str, default: str = "") -> str:
+        """The textual ID of the (last) bundle item whose text has this digest, else `default`."""
+        try:
+            key = np.uint64(int(digest[:16], 16))
+        except ValueError:
+            return default
+        lo = int(np.searchsorted(self._prefixes, key, side="left"))
+        hi = int(np.searchsorted(self._prefixes, key, side="right"))
+        for position in range(hi - 1, lo - 1, -1):
+            item = self._items[int(self._order[position])]
+            if self._digest(item.text) == digest:
+                return item.textual_id
+        return default
 
 
 class EventFollower:

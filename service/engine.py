@@ -87,13 +87,13 @@ class Engine:
 
     def __init__(self, bundle: Bundle, catalog: Catalog, registry: Registry | None, metrics: ServiceMetrics,
                  num_beams: int | None = None, method: Method | None = None, mint_max_rounds: int | None = None,
-                 device: str | None = None, precision: str | None = None):
+                 device: str | None = None, precision: str | None = None, quantize: str | None = None):
         self.bundle = bundle
         self.catalog = catalog
         self.registry = registry
         self.metrics = metrics
         options = RuntimeOptions(num_beams=num_beams, mint_max_rounds=mint_max_rounds, device=device,
-                                 precision=precision)
+                                 precision=precision, quantize=quantize)
         self.method = method if method is not None else load_method(bundle, options)
         self.eos_token_id = bundle.tokenizer.eos_token_id
         self.max_text_chars = bundle.train_config.data.max_text_chars

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 from genrec.bundle import BundleItem
 from genrec.item_text import field_label, flatten_metadata, item_text_fields
@@ -38,6 +39,7 @@ def words(text: str) -> set[str]:
     return set(_WORD.findall(fold(text)))
 
 
+@lru_cache(maxsize=4096)
 def field_name(key: str) -> str:
     """A metadata key or filter field as the index names it: its item-text label, case-folded,
     with runs of spaces and underscores as one underscore (`Release Date` -> `release_date`)."""
@@ -59,16 +61,20 @@ class FilterIndex:
         """The index of the bundle's items, read from their item texts."""
         index = cls()
         for item in items:
-            index.add(item.item_id, item_text_fields(item.text))
+            index.add_fields(item.item_id, item_text_fields(item.text))
         return index
 
     def add(self, item_id: str, metadata: Mapping) -> bool:
         """Indexes an item's metadata (strings, numbers or lists of strings); an item is indexed
         once (items never change). True when it was new."""
+        return self.add_fields(item_id, flatten_metadata(metadata))
+
+    def add_fields(self, item_id: str, fields: Mapping[str, str]) -> bool:
+        """`add` of metadata whose values are strings already (an item text's fields)."""
         if item_id in self._indexed:
             return False
         self._indexed.add(item_id)
-        for key, value in flatten_metadata(metadata).items():
+        for key, value in fields.items():
             by_word = self._index.setdefault(field_name(key), {})
             for word in words(value):
                 by_word.setdefault(word, set()).add(item_id)

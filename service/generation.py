@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +31,7 @@ from genrec.bundle import Bundle, load_bundle
 from genrec.errors import StoreUnavailableError
 
 from .batching import BatcherClosed, DeadlineExceeded, MicroBatcher, QueueFull
-from .catalog import Catalog, EventFollower
+from .catalog import Catalog, EventFollower, TextDigests, release_free_memory
 from .engine import Engine, MintJob, MintResult, RecommendJob, text_digest, texts_for
 from .errors import ApiError, invalid
 from .limits import retry_after
@@ -115,7 +116,7 @@ class Generation:
         self.follower: EventFollower | None = None
         self.recommend_batcher: MicroBatcher | None = None
         self.mint_batcher: MicroBatcher | None = None
-        self.bundle_bases: dict[str, str] = {}  # digest of a bundle item's text -> its textual ID
+        self.bundle_bases: TextDigests | dict[str, str] = {}  # digest of a bundle item's text -> its textual ID
         self.model_info: dict[str, Any] = {}
         self.digest = ""
         self.catalog_name = ""
@@ -129,6 +130,7 @@ class Generation:
         self._inflight_mints: dict[str, asyncio.Task] = {}
         self._fold_task: asyncio.Task | None = None
         self._restore_task: asyncio.Task | None = None
+        self.phase = PhaseTimer(metrics)  # the parts of its load, in genrec_startup_seconds{phase}
 
     # ------------------------------------------------------------------ build and tear down
 
@@ -138,7 +140,9 @@ class Generation:
         part, done before anything is written to Redis."""
         s = self.settings
         self.bundle = await asyncio.to_thread(_loading, load_bundle, self.bundle_path, verify=verify)
-        self.catalog = Catalog(self.bundle.items, self.bundle.tokenizer.eos_token_id)
+        self.phase("bundle")
+        self.catalog = await asyncio.to_thread(Catalog, self.bundle.items, self.bundle.tokenizer.eos_token_id)
+        self.phase("catalog")
         self.digest = bundle_digest(self.bundle)
         self.model_info = {
             "kind": self.bundle.kind,
@@ -153,8 +157,11 @@ class Generation:
                                  wait_replicas=s.redis_wait_replicas, wait_timeout_ms=s.redis_wait_timeout_ms)
         self.engine = await asyncio.to_thread(_loading, lambda: Engine(
             self.bundle, self.catalog, self.registry, self.metrics, num_beams=s.num_beams,
-            mint_max_rounds=s.mint_max_rounds or None, device=s.device, precision=s.precision))
-        self.bundle_bases = {text_digest(item.text): item.textual_id for item in self.bundle.items}
+            mint_max_rounds=s.mint_max_rounds or None, device=s.device, precision=s.precision,
+            quantize=s.quantize))
+        self.phase("models")
+        self.bundle_bases = TextDigests(self.bundle.items, text_digest)
+        self.phase("text_digests")
         if self.engine.popular is None:
             log.warning("the bundle has no popularity list (it was written before they were): requests with "
                         "an empty history get no items (strategy \"popular\"); retrain the bundle to get one")
@@ -170,7 +177,9 @@ class Generation:
             id_ttl_s=s.event_id_ttl_s, ids_per_user=s.event_ids_per_user,
         )
         await self._wait_for_redis()
+        self.phase("redis_connect")
         seeded = await self.registry.seed(self.bundle.items, self.model_info["created_at"] or "", self.digest)
+        self.phase("seed")
         events, last_id = await self.registry.load_events()
         self.follower = EventFollower(
             self.registry,
@@ -180,6 +189,11 @@ class Generation:
             on_rewind=self._stream_rewound,
         )
         self.follower.apply(events)  # the items minted before this start
+        self.phase("minted_items")
+        # The decoding tables, before the first request rather than in it (on a thread of its
+        # own: during a reload the inference thread serves the generation in place).
+        await asyncio.to_thread(self.catalog.trie.tables)
+        self.phase("trie_tables")
         self.follower.on_added = lambda event: self._after_add(followed=event.replica != self.replica_id)
         await self.registry.connect_follower()
         self.follower.start()
@@ -197,8 +211,12 @@ class Generation:
         """Ready to serve. The bundle, catalog and trie are long-lived: moved out of the garbage
         collector's generations, full collections stop walking them (they paused requests for up
         to hundreds of ms under load)."""
+        gc.enable()  # ServiceState.start disables it while the first generation is built
         gc.collect()
         gc.freeze()
+        release_free_memory()
+        self.phase("gc")
+        self.phase.total()
         self.ready = True
 
     def _batcher(self, kind: str, handle: Callable[[list], Sequence], executor: ThreadPoolExecutor,
@@ -766,3 +784,21 @@ def _mint_unconfirmed(exc: ReplicationUnconfirmedError) -> ApiError:
 def _redact(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
+
+class PhaseTimer:
+    """Times the parts of a generation's load, each into `genrec_startup_seconds{phase}` (a
+    reload's overwrite the start's)."""
+
+    def __init__(self, metrics: ServiceMetrics):
+        self.metrics = metrics
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.metrics.startup_seconds.labels(phase=name).set(now - self.last)
+        self.last = now
+
+    def total(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.metrics.startup_seconds.labels(phase="total").set(elapsed)
+        log.info("loaded in %.2f s", elapsed)

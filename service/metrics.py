@@ -55,6 +55,10 @@ class ServiceMetrics:
         self.items_restored = Counter(
             "genrec_items_restored", "lost minted items this replica wrote back to Redis after a rewind", registry=r
         )
+        self.startup_seconds = Gauge(
+            "genrec_startup_seconds", "seconds each part of this replica's start took (set once, at start)",
+            ["phase"], registry=r,
+        )
         self.catalog_items = Gauge("genrec_catalog_items", "items the trie holds (bundle + minted)", registry=r)
         self.trie_overlay_items = Gauge("genrec_trie_overlay_items", "minted items not yet folded into the base", registry=r)
         self.trie_folds = Counter("genrec_trie_folds", "rebuilds of the trie base", registry=r)

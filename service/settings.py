@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: the forward passes under bf16 autocast on CUDA (ignored on the CPU)"
     )
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamic int8 quantisation of the models' Linear layers at load, for CPU "
+        "serving (faster; recommendations may differ slightly from the unquantised model's)"
+    )
     trie_fold_threshold: int = Field(1000, ge=1, description="overlay size at which the trie is rebuilt")
     mint_thread: bool = Field(True, description="mint on a thread of its own, beside the recommendations' one")
     mint_max_rounds: int = Field(

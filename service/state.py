@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -115,11 +116,15 @@ class ServiceState:
             self.redis_url = url
             generation = self.new_generation(s.bundle, number=1)
             self.generation = generation
+            # Millions of long-lived objects are made for a large catalog: no collections while
+            # they are (settle() enables the collector again and freezes them).
+            gc.disable()
             await self.reloader.build(generation, verify=s.verify_bundle)
             generation.settle()
             self.reloader.serving(generation)
             self.ready = True
         except BaseException:
+            gc.enable()
             await self.stop()
             raise
 

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="re-evaluate a bundle on its dataset")
     evaluate.add_argument("--bundle", required=True, type=Path)
     evaluate.add_argument("--users", type=int, default=None, help="only the first N users")
+    evaluate.add_argument("--quantize", choices=["none", "int8"], default="none",
+                          help="evaluate with the models quantised as GENREC_QUANTIZE does (the bundle's "
+                               "recorded metrics are then left as they are)")
     evaluate.add_argument("--no-progress", action="store_true")
     _device_arguments(evaluate)
     return parser
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             from .report import metrics_table
 
             result = reevaluate(args.bundle, users=args.users, progress=not args.no_progress,
-                                device=args.device or "auto", precision=args.precision)
+                                device=args.device or "auto", precision=args.precision, quantize=args.quantize)
             print(metrics_table(result, "test", method_class(result["kind"]).label))
     except GenRecError as exc:
         print(f"genrec-train: error: {exc}", file=sys.stderr)

@@ -238,16 +238,18 @@ def _write_json(path: Path, data: dict) -> Path:
 
 
 def reevaluate(bundle_dir: Path, users: int | None = None, progress: bool = True, device: str = "auto",
-               precision: str | None = None) -> dict:
+               precision: str | None = None, quantize: str = "none") -> dict:
     """`genrec-train evaluate`: the bundle's method on its own dataset and split, on `device`; a
-    full re-evaluation (users=None) replaces the recorded metrics, keeping the rest of eval.json."""
+    full re-evaluation (users=None) replaces the recorded metrics, keeping the rest of eval.json.
+    `quantize` ("int8"): the models quantised as the service's GENREC_QUANTIZE does; the
+    recorded metrics are then left as they are."""
     bundle = load_bundle(bundle_dir)
     config = bundle.train_config
-    method = load_method(bundle, RuntimeOptions(device=device, precision=precision))
+    method = load_method(bundle, RuntimeOptions(device=device, precision=precision, quantize=quantize))
     dataset = load_config_dataset(config)
     result = evaluate(trainer_for(bundle.kind), method, bundle.items, bundle.tokenizer.eos_token_id, config,
                       dataset, users, progress)
-    if users is None:
+    if users is None and quantize in (None, "none"):
         saved_path = Path(bundle_dir) / "eval.json"
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
         saved.update(result)

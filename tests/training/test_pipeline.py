@@ -90,6 +90,14 @@ def test_cli_evaluate_reproduces_the_metrics(trained, capsys):
     verify_bundle(bundle_dir)
 
 
+def test_cli_evaluate_quantized_leaves_the_recorded_metrics(trained, capsys):
+    bundle_dir, _result = trained
+    recorded = (bundle_dir / "eval.json").read_text(), (bundle_dir / "manifest.json").read_text()
+    assert cli_main(["evaluate", "--bundle", str(bundle_dir), "--no-progress", "--quantize", "int8"]) == 0
+    assert "| IDGenRec |" in capsys.readouterr().out
+    assert ((bundle_dir / "eval.json").read_text(), (bundle_dir / "manifest.json").read_text()) == recorded
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert cli_main(["run", "--config", "nope", "--out", str(tmp_path / "b")]) == 2
     assert "unknown config 'nope'" in capsys.readouterr().err
