@@ -297,6 +297,40 @@ async def test_an_upgrade_carries_over_the_minted_items_and_the_users_events(mak
             assert (await client.get(f"/v1/items/{item_id}")).json()["textual_id"] == textual_id
 
 
+async def test_an_upgrade_copies_the_events_of_more_users_than_a_chunk(make_settings, bundles, redis_url):
+    """The users are copied CHUNK at a time (a few round trips a chunk, not per user): every one
+    of them, each once, with the catalog's event counter raised past theirs."""
+    from service.upgrade import CHUNK
+    from service.user_events import seq_key
+
+    v1, v2 = bundles
+    users = CHUNK + 123
+    async with serve(admin_settings(make_settings, v1, max_body_bytes=64 * 1024)) as (app, client):
+        old_catalog = app.state.service.generation.catalog_name
+        for start in range(0, users, 250):
+            events = [{"user_id": f"many-{u}", "item_id": f"m{u % 40}", "timestamp": 1000 + u}
+                      for u in range(start, min(start + 250, users))]
+            response = await client.post("/v1/events", json={"events": events}, headers=WRITE_HEADERS)
+            assert response.status_code == 200 and response.json()["accepted"] == len(events), response.text
+        response = await client.post("/admin/reload", json={"bundle": str(v2)}, headers=ADMIN_HEADERS)
+        assert response.status_code == 200, response.text
+        new_catalog = response.json()["serving"]["catalog"]
+        with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+            prefix = namespace(new_catalog).replace("{", "\\{").replace("}", "\\}")
+            copied = {k for k in r.scan_iter(match=f"{prefix}user:*", count=1000)}
+            assert len(copied) == users
+            assert int(r.get(seq_key(namespace(new_catalog)))) >= int(r.get(seq_key(namespace(old_catalog))))
+        for u in (0, CHUNK - 1, CHUNK, users - 1):
+            stored = (await client.get(f"/v1/users/many-{u}/events")).json()["events"]
+            assert [(e["item_id"], e["timestamp"]) for e in stored] == [(f"m{u % 40}", 1000 + u)]
+        # An event posted now sorts after the copied ones.
+        response = await client.post("/v1/events", json={"events": [{"user_id": "many-0", "item_id": "m1", "timestamp": 99999}]},
+                                     headers=WRITE_HEADERS)
+        assert response.status_code == 200
+        stored = (await client.get("/v1/users/many-0/events")).json()["events"]
+        assert [e["item_id"] for e in stored][-1] == "m1"
+
+
 async def test_replicas_starting_together_on_a_new_bundle_carry_each_item_over_once(make_settings, bundles,
                                                                                      redis_url):
     v1, v2 = bundles
