@@ -32,15 +32,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, config_from_dict
 from .errors import BundleError, ConfigError
 from .registry import kinds
-from .tokenization import load_tokenizer
-from .trie import TextualIdTrie
+
+if TYPE_CHECKING:  # transformers and torch load when a bundle does: reading a manifest needs neither
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .trie import TextualIdTrie
 
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
@@ -542,6 +543,8 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
     """
     path = Path(path)
     manifest = _verify(path, checksums=verify)
+    from .tokenization import load_tokenizer
+
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     items = read_items(path)
     vocab = len(tokenizer)
@@ -557,4 +560,6 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
 
 def items_trie(items: list[BundleItem], eos_token_id: int) -> TextualIdTrie:
     """The prefix trie over the items' textual IDs (their token_ids end with EOS)."""
+    from .trie import TextualIdTrie
+
     return TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)

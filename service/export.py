@@ -367,18 +367,24 @@ def export_catalog(client, catalog: str, out: Path, *, dataset: str, base: dict 
 
 def bundle_details(bundle_dir: Path) -> tuple[str, str, list[str], dict, dict | None]:
     """(catalog, dataset, item order, bundle info, base data) of a bundle folder: the service's
-    default catalog for it and the data its config names."""
-    from genrec.bundle import load_bundle
+    default catalog for it and the data its config names. Read from its manifest and item list
+    alone (no tokenizer or model: the command starts in a second, not after importing torch)."""
+    from genrec.bundle import ITEMS_NAME, read_manifest
 
-    from .generation import default_catalog
+    from .registry import default_catalog_name
 
-    bundle = load_bundle(bundle_dir, verify=False)
-    config = bundle.manifest.get("config", {}).get("data", {})
-    dataset = str(bundle.manifest.get("dataset") or config.get("dataset") or "")
+    manifest = read_manifest(bundle_dir)
+    config = manifest.get("config", {}).get("data", {})
+    dataset = str(manifest.get("dataset") or config.get("dataset") or "")
     base = {"dataset": config.get("dataset") or dataset, "data_dir": config.get("data_dir")} if dataset else None
-    info = {"path": str(Path(bundle_dir).absolute()), "created_at": bundle.manifest.get("created_at"),
-            "kind": bundle.kind}
-    return default_catalog(bundle), dataset, [i.item_id for i in bundle.items], info, base
+    info = {"path": str(Path(bundle_dir).absolute()), "created_at": manifest.get("created_at"),
+            "kind": manifest.get("kind")}
+    try:
+        with open(Path(bundle_dir) / ITEMS_NAME, encoding="utf-8") as lines:
+            order = [json.loads(line)["item_id"] for line in lines if line.strip()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{Path(bundle_dir) / ITEMS_NAME}: cannot be read ({exc})") from None
+    return default_catalog_name(manifest), dataset, order, info, base
 
 
 # --------------------------------------------------------------------------- the command

@@ -38,7 +38,9 @@ from .limits import retry_after
 from .metrics import ServiceMetrics
 from .posted_items import check_metadata, check_same_item
 from .redis_clients import STORE_ERRORS
-from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError
+from .registry import CommitResult, ItemRecord, Registry, ReplicationUnconfirmedError, default_catalog_name
+from .registry import dataset_slug as _dataset_slug
+from .registry import id_space_digest as _id_space_digest
 from .schemas import (
     EventsAccepted,
     EventsRequest,
@@ -67,21 +69,16 @@ def bundle_digest(bundle: Bundle) -> str:
 
 
 def id_space_digest(bundle: Bundle) -> str:
-    """Digest of what textual IDs depend on (items and tokenizer): the default Redis namespace
-    changes when a new bundle brings other IDs, and stays when only the recommender changed."""
-    files = bundle.manifest.get("files", {})
-    parts = {k: v for k, v in files.items() if k == "items.jsonl" or k.startswith("tokenizer/")}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return _id_space_digest(bundle.manifest)
 
 
 def dataset_slug(bundle: Bundle) -> str:
-    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(bundle.manifest.get("dataset") or ""))[:40].strip("-")
-    return dataset or "catalog"
+    return _dataset_slug(bundle.manifest)
 
 
 def default_catalog(bundle: Bundle) -> str:
     """Redis namespace of a bundle's catalog: its dataset and the digest of its ID space."""
-    return f"{dataset_slug(bundle)}-{id_space_digest(bundle)}"
+    return default_catalog_name(bundle.manifest)
 
 
 # One bundle loads at a time in a process: loading a model patches torch globally for a moment

@@ -38,8 +38,10 @@ an item that a failover lost, from what a service replica holds (the same script
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -177,6 +179,25 @@ class CommitResult:
 
 def namespace(catalog: str) -> str:
     return f"genrec:{{{catalog}}}:"
+
+
+def id_space_digest(manifest: dict) -> str:
+    """Digest of what a bundle's textual IDs depend on (items and tokenizer), from its manifest:
+    the default Redis namespace changes when a new bundle brings other IDs, and stays when only
+    the recommender changed."""
+    files = manifest.get("files", {})
+    parts = {k: v for k, v in files.items() if k == "items.jsonl" or k.startswith("tokenizer/")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dataset_slug(manifest: dict) -> str:
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(manifest.get("dataset") or ""))[:40].strip("-")
+    return dataset or "catalog"
+
+
+def default_catalog_name(manifest: dict) -> str:
+    """Redis namespace of a bundle's catalog: its dataset and the digest of its ID space."""
+    return f"{dataset_slug(manifest)}-{id_space_digest(manifest)}"
 
 
 def now_iso() -> str:

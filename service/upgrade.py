@@ -251,9 +251,14 @@ class Upgrade:
         """Each user's events, copied where the new namespace has none of that user's."""
         prefix = f"{self.old.prefix}user:"
         store = self.generation.user_events_store
+        users: list[str] = []
         async for key in self.old.aio.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
-            if await store.copy_from(self.old.prefix, key[len(prefix):]):
-                self.users_copied += 1
+            users.append(key[len(prefix):])
+            if len(users) == CHUNK:
+                self.users_copied += await store.copy_users(self.old.prefix, users)
+                await self._renew()
+                users = []
+        self.users_copied += await store.copy_users(self.old.prefix, users)
 
     # ------------------------------------------------------------------ following
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from genrec.config import apply_override
 from genrec.errors import DataError, GenRecError
+from genrec.exports import is_export, read_export_manifest
 
 from .presets import PRESETS, preset
 
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.data_dir.is_dir():
                     raise DataError(f"--data-dir {args.data_dir}: not a folder")
                 config.data.data_dir = str(args.data_dir.absolute())
+                if is_export(args.data_dir) and not any(o.split("=", 1)[0].strip() == "data.dataset"
+                                                        for o in args.overrides):
+                    # The new bundle continues the exported service's dataset: the service's
+                    # upgrade carries over from the catalog of the same dataset.
+                    config.data.dataset = read_export_manifest(args.data_dir).get("dataset") or config.data.dataset
             if args.previous_bundle is not None and not (args.previous_bundle / "items.jsonl").is_file():
                 raise DataError(f"--previous-bundle {args.previous_bundle}: not a bundle (no items.jsonl)")
             run(config, args.out, progress=not args.no_progress, previous_bundle=args.previous_bundle)

@@ -232,3 +232,23 @@ async def test_an_export_from_a_redis_cluster(make_settings, tmp_path, capsys):
     manifest = read_export_manifest(out)
     assert manifest["items"]["bundle"] == N_ITEMS and manifest["items"]["minted"] == 1
     assert sorted(read_inter(out)) == sorted((e["user_id"], e["item_id"], float(e["timestamp"])) for e in events)
+
+
+def test_the_command_names_the_catalog_without_torch(bundle_path):
+    """`genrec-serve export` reads the bundle's manifest and item list only: it starts without
+    importing torch or transformers (that took 11 s, a minute on a busy machine), and names the
+    catalog as the service does."""
+    import subprocess
+    import sys
+
+    from genrec.bundle import load_bundle
+    from service.generation import default_catalog
+
+    script = ("import sys; from pathlib import Path; from service.export import bundle_details; "
+              f"print(bundle_details(Path({str(bundle_path)!r}))[0]); "
+              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, check=True)
+    catalog, heavy = done.stdout.splitlines()
+    assert catalog == default_catalog(load_bundle(bundle_path, verify=False))
+    assert heavy == "[]"

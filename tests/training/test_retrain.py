@@ -107,6 +107,24 @@ def test_cli_refuses_a_missing_data_dir_or_previous_bundle(tmp_path, capsys):
     assert "not a bundle" in capsys.readouterr().err
 
 
+def test_cli_names_the_new_bundle_after_the_exports_dataset(tmp_path, monkeypatch):
+    """The new bundle continues the exported service's dataset (so the service carries over from
+    the catalog that served), unless --set data.dataset names another."""
+    import training.pipeline
+
+    seen = []
+    monkeypatch.setattr(training.pipeline, "run", lambda config, out, **kwargs: seen.append(config.data.dataset))
+    write_atomic_dataset(tmp_path / "data")
+    write_export(tmp_path / "export", tmp_path / "data", {})
+    manifest = json.loads((tmp_path / "export" / MANIFEST_NAME).read_text())
+    (tmp_path / "export" / MANIFEST_NAME).write_text(json.dumps({**manifest, "dataset": "shop"}))
+    args = ["run", "--config", "tiny", "--out", str(tmp_path / "b"), "--data-dir", str(tmp_path / "export")]
+    assert cli_main(args) == 0
+    assert cli_main([*args, "--set", "data.dataset=other"]) == 0
+    assert cli_main(["run", "--config", "tiny", "--out", str(tmp_path / "b"), "--data-dir", str(tmp_path / "data")]) == 0
+    assert seen == ["shop", "other", "ml-100k"]
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = ["title: Toy Story; genres: animation", "title: Star Wars; genres: war", "title: Fargo; genres: crime"]
