@@ -135,7 +135,7 @@ def compare(entries: list[str], out: Path, *, overrides: list[str] = (), cold_it
         new = receive_new_items(method, own, bundle.items, view.withheld, bundle.tokenizer.eos_token_id)
         trie = items_trie(bundle.items + new, bundle.tokenizer.eos_token_id)
         saved = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else {}
-        row = Row(f"{method.label} ({cfg.name})", method.kind, method.kind in baseline_kinds,
+        row = Row(_unique_name(f"{method.label} ({cfg.name}", folder, rows), method.kind, method.kind in baseline_kinds,
                   train_s=saved.get("timings_s", {}).get("total"),
                   new_items_recommendable=method.new_items_recommendable)
         _score(row, method, trie, split, users, cfg.eval.batch_size, progress)
@@ -163,6 +163,20 @@ def compare(entries: list[str], out: Path, *, overrides: list[str] = (), cold_it
     summary["wall_s"] = time.perf_counter() - started
     write(summary, out)
     return summary
+
+
+def _unique_name(stem: str, folder: Path, rows: list[Row]) -> str:
+    """A row's name, "Label (config)"; two bundles of one config (a preset trained twice with
+    other settings) are told apart by their folders. The tables key rows by name, so a repeated
+    name would show one bundle's metrics twice."""
+    taken = {row.name for row in rows}
+    name = f"{stem})"
+    if name in taken:
+        name = f"{stem}, {folder.name})"
+    number = 2
+    while name in taken:
+        name, number = f"{stem}, {folder.name} #{number})", number + 1
+    return name
 
 
 def _score(row: Row, ranker, trie, split, users: dict[str, list[str]], batch_size: int, progress: bool) -> None:

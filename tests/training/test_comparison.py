@@ -3,6 +3,7 @@ new-item (cold) split, and `genrec-train compare` end to end on small presets.""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,14 @@ def test_compare_end_to_end_on_small_presets(data_dir, tmp_path, capsys):
     assert after.keys() == before.keys()
     for name, metrics in after.items():
         assert metrics == pytest.approx(before[name]), name
+    # Two bundles of one config get rows of their own (the tables key rows by name).
+    twice = out / "twice"
+    tiny = next(p for p in bundles if Path(p).name.startswith("tiny"))
+    assert cli_main(["compare", "--configs", f"{tiny},{tiny}", "--out", str(twice), "--resamples", "50",
+                     "--latency-users", "2", "--no-progress"]) == 0
+    rows = json.loads((twice / "compare.json").read_text())["all_users"]["rows"]
+    names = [r["name"] for r in rows]
+    assert names[:2] == ["IDGenRec (tiny)", f"IDGenRec (tiny, {Path(tiny).name})"] and len(set(names)) == len(names)
     # Presets whose bundles exist with the same config are not trained again.
     stamp = {p.name: (p / "manifest.json").stat().st_mtime for p in (out / "bundles").iterdir()}
     assert cli_main(args) == 0
