@@ -1,4 +1,5 @@
-"""`genrec-train`: train a bundle (`run`) or re-evaluate one (`evaluate`)."""
+"""`genrec-train`: train a bundle (`run`), compare bundles (`compare`), re-evaluate one
+(`evaluate`) or plot their learning curves (`curves`)."""
 
 import argparse
 import sys
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "recorded metrics are then left as they are)")
     evaluate.add_argument("--no-progress", action="store_true")
     _device_arguments(evaluate)
+    curves = sub.add_parser("curves", help="validation NDCG@10 by epoch of bundles, in one plot")
+    curves.add_argument("--bundles", required=True, help="comma-separated bundle folders")
+    curves.add_argument("--out", required=True, type=Path, help="the .png to write (a .json beside it)")
     return parser
 
 
@@ -106,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print((args.out / "compare.md").read_text())
             print(f"written: {args.out / 'compare.md'}, compare.json, compare.png in {summary['wall_s']:.0f} s")
+        elif args.command == "curves":
+            from .learning_curves import write_curves
+
+            for curve in write_curves([Path(b.strip()) for b in args.bundles.split(",") if b.strip()], args.out):
+                best = f", kept epoch {curve.best_epoch}" if curve.best_epoch else ""
+                print(f"{curve.label}: {len(curve.values)} epochs, best {max(curve.values):.4f}{best}")
+            print(f"written: {args.out} and {args.out.with_suffix('.json')}")
         else:
             from genrec.registry import method_class
 
