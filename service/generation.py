@@ -402,6 +402,8 @@ class Generation:
         s = self.settings
         if body.history is not None and len(body.history) > s.max_history:
             raise invalid("history", f"at most {s.max_history} items (got {len(body.history)})")
+        if "k" not in body.model_fields_set:
+            body.k = min(body.k, s.max_k)  # the default (10) follows a smaller GENREC_MAX_K
         if body.k > s.max_k:
             raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
         if body.history is not None:

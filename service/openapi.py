@@ -45,7 +45,7 @@ SECURITY_SCHEME = {
 # The JSON Schema type each keyword a setting gives applies to (a field that may be null has its
 # keyword on the branch of that type).
 _KEYWORD_TYPES = {"maxItems": "array", "maximum": "integer", "maxProperties": "object", "maxLength": "string",
-                  "pattern": "string"}
+                  "pattern": "string", "default": "integer"}
 
 
 def mark_secured(schema: dict, operations: set[tuple[str, str]]) -> dict:
@@ -65,7 +65,7 @@ def setting_keywords(settings: Settings) -> dict[str, dict]:
     return {
         "max_history": {"maxItems": settings.max_history},
         "max_events_per_request": {"maxItems": settings.max_events_per_request},
-        "max_k": {"maximum": settings.max_k},
+        "max_k": {"maximum": settings.max_k, "default": settings.max_k},
         "max_metadata_fields": {"maxProperties": settings.max_metadata_fields},
         "max_metadata_value_chars": {"maxLength": settings.max_metadata_value_chars},
         "max_metadata_word_chars": {"pattern": words_at_most(settings.max_metadata_word_chars)},

@@ -180,7 +180,8 @@ class RecommendationRequest(_Strict):
         description="the user: without a history, their stored events are the history; also passed to "
         "the method (bundles with a user vocabulary use it)",
     )
-    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most)",
+    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most; by default 10, "
+                         "or GENREC_MAX_K when smaller)",
                          json_schema_extra=set_by("max_k"))
     exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
     exclude_items: list[ItemId] = Field(

@@ -73,6 +73,18 @@ LIMITS = dict(max_history=3, max_k=7, max_metadata_fields=4, max_metadata_value_
               max_metadata_chars=120, max_events_per_request=6)
 
 
+@pytest.mark.anyio
+async def test_a_request_without_k_gets_the_default_the_document_states(make_settings):
+    """k's default is 10, or GENREC_MAX_K when that is smaller: a request that leaves k out is
+    never refused for a value it did not send (found by schemathesis: the default was over the
+    maximum the document stated)."""
+    async with serve(make_settings(**LIMITS)) as (_app, client):
+        response = await client.post("/v1/recommendations", json={"history": ["m1"]})
+        assert response.status_code == 200, response.text
+        assert len(response.json()["items"]) == 7
+        assert_error(await client.post("/v1/recommendations", json={"history": ["m1"], "k": 8}), 422, "invalid_request")
+
+
 def request_schemas(document: dict) -> tuple[dict, dict]:
     schemas = document["components"]["schemas"]
     return schemas["RecommendationRequest"], schemas["ItemCreateRequest"]
@@ -89,7 +101,7 @@ def test_the_limits_that_are_settings_are_stated_as_their_values(make_settings):
     recommend, item = request_schemas(document)
     assert history_schema(recommend)["maxItems"] == 3
     assert document["components"]["schemas"]["EventsRequest"]["properties"]["events"]["maxItems"] == 6
-    assert recommend["properties"]["k"]["maximum"] == 7
+    assert recommend["properties"]["k"]["maximum"] == 7 and recommend["properties"]["k"]["default"] == 7
     metadata = item["properties"]["metadata"]
     assert metadata["maxProperties"] == 4
     string, _integer, _number, listed = metadata["additionalProperties"]["anyOf"]
@@ -97,6 +109,7 @@ def test_the_limits_that_are_settings_are_stated_as_their_values(make_settings):
         assert text["maxLength"] == 40 and text["pattern"] == words_at_most(10)
     # A setting above a static limit leaves the static one.
     wide = create_app(make_settings(max_metadata_value_chars=100_000)).openapi()
+    assert request_schemas(wide)[0]["properties"]["k"]["default"] == 10  # max_k 100: the default stays
     string, *_, listed = request_schemas(wide)[1]["properties"]["metadata"]["additionalProperties"]["anyOf"]
     assert string["maxLength"] == 4096 and listed["items"]["maxLength"] == 256
 
