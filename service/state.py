@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +39,12 @@ from .reload import Reloader
 from .settings import Settings
 
 log = logging.getLogger("service")
+
+
+def _serving(name: str, empty: Callable[[], Any] = lambda: None) -> property:
+    """A read-only view of an attribute of the generation that serves now (`empty()` before one does)."""
+    return property(lambda self: getattr(self.generation, name) if self.generation else empty(),
+                    doc=f"the serving generation's {name}")
 
 
 class ServiceState:
@@ -63,37 +69,14 @@ class ServiceState:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # What serves now (for operations and tests; a request uses the generation it leased).
-    @property
-    def bundle(self):
-        return self.generation.bundle if self.generation else None
-
-    @property
-    def catalog(self):
-        return self.generation.catalog if self.generation else None
-
-    @property
-    def registry(self):
-        return self.generation.registry if self.generation else None
-
-    @property
-    def engine(self):
-        return self.generation.engine if self.generation else None
-
-    @property
-    def follower(self):
-        return self.generation.follower if self.generation else None
-
-    @property
-    def recommend_batcher(self):
-        return self.generation.recommend_batcher if self.generation else None
-
-    @property
-    def mint_batcher(self):
-        return self.generation.mint_batcher if self.generation else None
-
-    @property
-    def model_info(self) -> dict[str, Any]:
-        return self.generation.model_info if self.generation else {}
+    bundle = _serving("bundle")
+    catalog = _serving("catalog")
+    registry = _serving("registry")
+    engine = _serving("engine")
+    follower = _serving("follower")
+    recommend_batcher = _serving("recommend_batcher")
+    mint_batcher = _serving("mint_batcher")
+    model_info = _serving("model_info", empty=dict)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -241,14 +241,19 @@ async def test_reload_needs_an_admin_token(make_settings, bundles):
         assert response.json()["serving"]["generation"] == 2
 
 
+async def mint_new_items(client) -> None:
+    """POST /v1/items of every NEW_ITEMS item, each a 201."""
+    for item_id, metadata in NEW_ITEMS.items():
+        response = await client.post("/v1/items", json={"item_id": item_id, "metadata": metadata},
+                                     headers=WRITE_HEADERS)
+        assert response.status_code == 201, response.text
+
+
 async def test_an_upgrade_carries_over_the_minted_items_and_the_users_events(make_settings, bundles, redis_url):
     v1, v2 = bundles
     async with serve(admin_settings(make_settings, v1)) as (app, client):
         old_catalog = app.state.service.generation.catalog_name
-        for item_id, metadata in NEW_ITEMS.items():
-            response = await client.post("/v1/items", json={"item_id": item_id, "metadata": metadata},
-                                         headers=WRITE_HEADERS)
-            assert response.status_code == 201, response.text
+        await mint_new_items(client)
         old_ids = {i: (await client.get(f"/v1/items/{i}")).json()["textual_id"] for i in NEW_ITEMS}
         events = [{"user_id": "u1", "item_id": i, "timestamp": 1000 + n} for n, i in enumerate(NEW_ITEMS)]
         assert (await client.post("/v1/events", json={"events": events}, headers=WRITE_HEADERS)).status_code == 200
@@ -338,10 +343,7 @@ async def test_replicas_starting_together_on_a_new_bundle_carry_each_item_over_o
     v1, v2 = bundles
     async with serve(admin_settings(make_settings, v1)) as (app, client):
         old_catalog = app.state.service.generation.catalog_name
-        for item_id, metadata in NEW_ITEMS.items():
-            response = await client.post("/v1/items", json={"item_id": item_id, "metadata": metadata},
-                                         headers=WRITE_HEADERS)
-            assert response.status_code == 201
+        await mint_new_items(client)
     started = []
 
     async def one(settings):
