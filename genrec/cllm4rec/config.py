@@ -51,6 +51,20 @@ class Cllm4RecConfig:
     # leave-one-out task asks for the next item. 12 epochs, 8 views, scale 1, bias: 0.0 -> 0.0539 /
     # 0.0486; 0.5 -> 0.0621 / 0.0574 (20 epochs, best epoch 11).
     last_item_share: float = 0.5
+    # The recommendation task the model learns and is asked (docs/methods.md, "CLLM4Rec"):
+    # "masked" is the paper's: the prompt `user_u has interacted with <kept items>, user_u will
+    # interact with` and the multinomial likelihood of the masked-out items, a bag of items with
+    # no order. "next_item" continues the user's collaborative document in time order: the
+    # decoder reads `item_a item_b ...` (the latest max_prompt_items) after the prompt `user_u has
+    # interacted with` and the item head scores the next item; fine-tuning is the collaborative
+    # documents' own loss (every position's next item), as SASRec trains.
+    objective: str = "masked"
+    # Order of the items of a collaborative document: "shuffled" (the paper's), or "chronological":
+    # a window of max_doc_items consecutive items (random per epoch, `crop`), so pretraining
+    # already learns what comes next.
+    collab_order: str = "shuffled"
+    crop: str = "random"  # chronological documents longer than their window: "random" or "latest"
+    patience: int | None = None  # stop fine-tuning after this many epochs without a better validation
 
 
 @dataclass

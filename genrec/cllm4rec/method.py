@@ -28,7 +28,7 @@ class Cllm4Rec(Method):
         self.model = model
         self.tokenizer = tokenizer
         self.recommender = Cllm4RecRecommender(model, tokenizer, max_history=config.cllm4rec.max_prompt_items,
-                                               autocast=self.autocast)
+                                               autocast=self.autocast, objective=config.cllm4rec.objective)
 
     @classmethod
     def load(cls, bundle: Bundle, config: TrainConfig, options: RuntimeOptions | None = None) -> Cllm4Rec:

@@ -53,6 +53,8 @@ CONTENT_PROMPT = "is described as:"
 RECOMMEND_PROMPT = "will interact with"
 PROMPT_TEXTS = (COLLAB_PROMPT, CONTENT_PROMPT, RECOMMEND_PROMPT, ",")
 MODEL_DIR = "cllm4rec"  # the bundle folder of the model
+OBJECTIVES = ("masked", "next_item")  # Cllm4RecConfig.objective
+COLLAB_ORDERS = ("shuffled", "chronological")  # Cllm4RecConfig.collab_order
 
 
 def user_token(user_id: str) -> str:
@@ -188,6 +190,15 @@ class Cllm4RecModel(nn.Module):
             hidden = hidden * (self.backbone.config.d_model ** -0.5)
         return self.backbone.lm_head(hidden)[..., : self.vocab_size]
 
+    def score_next(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor, dec_ids: torch.Tensor,
+                   dec_mask: torch.Tensor) -> torch.Tensor:
+        """Log-softmax over all items of what follows each (right-padded) collaborative document:
+        the decoder's hidden state at each row's last real position goes through the item head."""
+        hidden = self.decode_hidden(enc_ids, enc_mask, dec_ids, dec_mask, "collab")
+        last = (dec_mask.sum(1) - 1).clamp(min=0)
+        hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        return F.log_softmax(self.item_logits(hidden, "collab"), dim=-1)
+
     def score_items(self, enc_ids: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
         """Log-softmax over all items for each prompt (one decoder step from the start token)."""
         start = torch.full((enc_ids.size(0), 1), self.decoder_start_id, dtype=torch.long, device=enc_ids.device)
@@ -296,19 +307,27 @@ def _doc_batch(model: Cllm4RecModel, prompts, main_dec, labels, users, items, pa
     return to_device(batch, model_device(model))
 
 
-def collab_batch(model: Cllm4RecModel, pieces: PromptPieces, docs: Sequence[tuple[str, Sequence[str]]]) -> DocBatch:
+def collab_prompt(model: Cllm4RecModel, pieces: PromptPieces, user: str | None) -> list[int]:
+    """`user_u has interacted with` (without the user token for an unknown or absent user)."""
+    u = model.user_token_id(user) if user is not None else None
+    return ([u] if u is not None else []) + pieces.collab + [pieces.eos]
+
+
+def collab_batch(model: Cllm4RecModel, pieces: PromptPieces,
+                 docs: Sequence[tuple[str | None, Sequence[str]]]) -> DocBatch:
     """Collaborative documents `user_u has interacted with` -> `item_a item_b ...` (already in the
-    order to use; the caller shuffles each epoch)."""
+    order to use: the caller shuffles or crops them each epoch). A document whose user is None
+    has no user token (it teaches the model histories without a known user)."""
     start = model.decoder_start_id
     prompts, dec, labels, users, items = [], [], [], [], []
     for user, seq in docs:
-        u = model.user_index[user]
         idx = [model.item_index[i] for i in seq]
-        prompts.append([model.user_offset + u] + pieces.collab + [pieces.eos])
+        prompts.append(collab_prompt(model, pieces, user))
         tokens = [model.item_offset + j for j in idx]
         dec.append([start] + tokens[:-1])
         labels.append(idx)
-        users.append(u)
+        if user is not None:
+            users.append(model.user_index[user])
         items.extend(idx)
     return _doc_batch(model, prompts, dec, labels, users, items, pieces.pad)
 
@@ -353,13 +372,18 @@ def mutual_regularization(model: Cllm4RecModel, lm: str, users: torch.Tensor, it
 # --------------------------------------------------------------------------- recommendation prompts
 
 
+def known_item_tokens(model: Cllm4RecModel, history: Sequence[str], max_items: int) -> list[int]:
+    """Token ids of the last `max_items` history items the model has a token for (others skipped)."""
+    return [t for t in (model.item_token_id(i) for i in history) if t is not None][-max_items:] if max_items else []
+
+
 def recommend_prompt(model: Cllm4RecModel, pieces: PromptPieces, user: str | None, history: Sequence[str],
                      max_items: int) -> list[int]:
     """`user_u has interacted with item_a item_b , user_u will interact with` (the last max_items
     known items; items the model has no token for are skipped; an unknown or absent user drops
     the user tokens)."""
     u = model.user_token_id(user) if user is not None else None
-    known = [t for t in (model.item_token_id(i) for i in history) if t is not None][-max_items:] if max_items else []
+    known = known_item_tokens(model, history, max_items)
     head = [u] if u is not None else []
     return head + pieces.collab + known + pieces.comma + head + pieces.recommend + [pieces.eos]
 
@@ -413,21 +437,35 @@ class Cllm4RecRecommender:
     """History (+ optional user) in, top-k items out: one forward pass per batch."""
 
     def __init__(self, model: Cllm4RecModel, tokenizer: PreTrainedTokenizerBase, *, max_history: int = 50,
-                 autocast: Callable[[torch.device], Any] | None = None):
+                 autocast: Callable[[torch.device], Any] | None = None, objective: str = "masked"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.model = model
         self.pieces = PromptPieces.from_tokenizer(tokenizer)
         self.max_history = max_history
         self.autocast = autocast  # device -> the forward pass's context (the method's precision)
+        self.objective = objective
 
     @torch.inference_mode()
     def scores(self, histories: Sequence[Sequence[str]], users: Sequence[str | None] | None = None) -> torch.Tensor:
         users = list(users) if users is not None else [None] * len(histories)
-        prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
-                   for u, h in zip(users, histories, strict=True)]
         device = model_device(self.model)
-        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
         with self.autocast(device) if self.autocast is not None else contextlib.nullcontext():
+            if self.objective == "next_item":
+                return self._next_item_scores(histories, users, device).float()
+            prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
+                       for u, h in zip(users, histories, strict=True)]
+            enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
             return self.model.score_items(enc_ids, enc_mask).float()
+
+    def _next_item_scores(self, histories, users, device) -> torch.Tensor:
+        """The next item after each user's collaborative document (its latest known items)."""
+        prompts = [collab_prompt(self.model, self.pieces, u) for u in users]
+        start = self.model.decoder_start_id
+        docs = [[start] + known_item_tokens(self.model, h, self.max_history) for h in histories]
+        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
+        dec_ids, dec_mask = pad_batch(docs, self.pieces.pad, device=device)
+        return self.model.score_next(enc_ids, enc_mask, dec_ids, dec_mask)
 
     def recommend(self, histories: Sequence[Sequence[str]], k: int, *, users: Sequence[str | None] | None = None,
                   exclude_history: bool = True, exclude_items: Sequence[Sequence[str]] | None = None,

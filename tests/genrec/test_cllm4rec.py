@@ -276,3 +276,68 @@ def test_the_latest_item_can_be_forced_into_the_masked_out_items():
     assert mask_history(["1", "2"], 0.9, random.Random(0), include_last=True) == (["1"], ["2"])
     drawn = [mask_history(history, 0.1, random.Random(seed))[1] for seed in range(30)]
     assert any(h != ["10"] for h in drawn)  # without it, the held-out item is random
+
+
+# --------------------------------------------------------------------------- the next_item objective
+
+
+def test_next_item_scores_continue_the_collaborative_document(setup):
+    """score_next is the collaborative LM's prediction after the document's last item: the same
+    distribution its training loss puts on that position, whatever the padding of the batch."""
+    tokenizer, model, pieces = setup
+    model.eval()
+    recommender = Cllm4RecRecommender(model, tokenizer, max_history=3, objective="next_item")
+    history = ["4", "7", "2"]
+    with torch.no_grad():
+        # The training batch of the document [4, 7, 2, 9]: position 3 predicts the item after "2".
+        batch = collab_batch(model, pieces, [("17", history + ["9"])])
+        hidden = model.decode_hidden(batch.enc_ids, batch.enc_mask, batch.dec_ids, batch.dec_mask, "collab")
+        expected = F.log_softmax(model.item_logits(hidden[:, 3], "collab"), dim=-1)[0]
+    alone = recommender.scores([history], users=["17"])[0]
+    assert torch.allclose(alone, expected, atol=1e-5)
+    # In a batch beside longer and shorter documents (right padding), and with older items beyond
+    # max_history ignored: the same scores.
+    batched = recommender.scores([["1"], ["11", "12"] + history, ["3", "5"]], users=[None, "17", "2"])
+    assert torch.allclose(batched[1], expected, atol=1e-5)
+    # The order of the history matters (it is a sequence, not a bag), and so does the user.
+    assert not torch.allclose(recommender.scores([history[::-1]], users=["17"])[0], expected, atol=1e-4)
+    assert not torch.allclose(recommender.scores([history], users=["2"])[0], expected, atol=1e-4)
+    # An unknown user has no user token; unknown items are skipped.
+    assert torch.allclose(recommender.scores([history], users=["nobody"])[0],
+                          recommender.scores([["new-item"] + history], users=[None])[0], atol=1e-5)
+
+
+def test_next_item_recommendations_exclude_the_history(setup):
+    tokenizer, model, _ = setup
+    model.eval()
+    recommender = Cllm4RecRecommender(model, tokenizer, max_history=2, objective="next_item")
+    histories = [["1", "2", "3"], [], ["12"]]
+    found = recommender.recommend(histories, 100, users=["1", None, "unknown-user"])
+    for history, row in zip(histories, found, strict=True):
+        assert {r.item_id for r in row} == set(ITEMS) - set(history)
+    with pytest.raises(ValueError, match="objective"):
+        Cllm4RecRecommender(model, tokenizer, objective="bag")
+
+
+def test_collaborative_documents_shuffled_or_in_time_order():
+    from genrec.cllm4rec.config import Cllm4RecConfig
+    from training.methods.cllm4rec import collab_documents
+
+    items = {"a": [str(i) for i in range(10)], "b": ["x", "y"]}
+    rng = random.Random(0)
+    chrono = Cllm4RecConfig(collab_order="chronological", crop="random")
+    starts = set()
+    for _ in range(50):
+        docs = dict(collab_documents(["a", "b"], items, chrono, 4, rng))
+        a = docs["a"]
+        assert len(a) == 4 and a == items["a"][int(a[0]) : int(a[0]) + 4]  # consecutive, in order
+        assert docs["b"] == ["x", "y"]
+        starts.add(a[0])
+    assert len(starts) > 3  # random windows, so older items are trained on too
+    latest = Cllm4RecConfig(collab_order="chronological", crop="latest")
+    assert dict(collab_documents(["a"], items, latest, 4, rng))["a"] == ["6", "7", "8", "9"]
+    shuffled = dict(collab_documents(["a"], items, Cllm4RecConfig(collab_order="shuffled"), 4, rng))["a"]
+    assert len(shuffled) == 4 and set(shuffled) <= set(items["a"])
+    # User dropout: a share of the documents carries no user.
+    users = [u for u, _ in collab_documents(["a"] * 400, items, chrono, 4, rng, user_dropout=0.25)]
+    assert 60 < users.count(None) < 140

@@ -119,3 +119,60 @@ def test_presets_use_the_measured_fine_tuning_settings():
         cfg = preset(name).cllm4rec
         assert cfg.finetune_views_per_user > 1 and cfg.item_bias and cfg.item_head_scale == 1.0
         assert 0.0 < cfg.last_item_share < 1.0
+
+
+def _cyclic_setup(objective: str):
+    """A tiny model and users whose items always follow one cycle 1 -> 2 -> ... -> 12 -> 1."""
+    from genrec.cllm4rec.config import Cllm4RecConfig
+    from genrec.cllm4rec.model import PROMPT_TEXTS
+    from genrec.modeling import ModelConfig
+    from training.methods.cllm4rec import build_model
+    from training.tokenizer_training import train_tokenizer
+
+    items = [str(i) for i in range(1, 13)]
+    train_items = {f"u{u}": [items[(u + t) % 12] for t in range(8)] for u in range(24)}
+    cfg = Cllm4RecConfig(
+        model=ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16,
+                          dropout_rate=0.0),
+        objective=objective, collab_order="chronological", finetune_epochs=40, finetune_lr=1e-2, batch_size=8,
+        max_prompt_items=4, finetune_views_per_user=1, user_dropout=0.5, holdout_share=0.0, reg_lambda=0.0,
+    )
+    tokenizer = train_tokenizer([f"film {i}" for i in items] + list(PROMPT_TEXTS), 100)
+    model, pieces = build_model(cfg, tokenizer, list(train_items), items, seed=0)
+    return cfg, tokenizer, model, pieces, train_items, items
+
+
+def test_next_item_fine_tuning_learns_what_comes_next():
+    """Fine-tuned on the collaborative documents in time order, the model continues a history
+    with its successor, for known and unknown users alike."""
+    from genrec.cllm4rec.model import Cllm4RecRecommender
+    from training.methods.cllm4rec import finetune
+
+    torch.manual_seed(0)
+    cfg, tokenizer, model, pieces, train_items, items = _cyclic_setup("next_item")
+    finetune(model, pieces, train_items, cfg, seed=0, progress=False)
+    recommender = Cllm4RecRecommender(model, tokenizer, max_history=4, objective="next_item")
+    histories = [[items[(s + t) % 12] for t in range(3)] for s in range(12)]
+    expected = [items[(s + 3) % 12] for s in range(12)]
+    for users in ([None] * 12, [f"u{s}" for s in range(12)]):
+        top = [row[0].item_id for row in recommender.recommend(histories, 1, users=users)]
+        assert sum(a == b for a, b in zip(top, expected, strict=True)) >= 10
+
+
+def test_fine_tuning_stops_after_patience_epochs_without_a_better_validation():
+    from training.methods.cllm4rec import finetune
+
+    cfg, _, model, pieces, train_items, _ = _cyclic_setup("next_item")
+    cfg.finetune_epochs, cfg.patience = 20, 3
+    scores = iter([0.1, 0.3, 0.2, 0.25, 0.29, 0.5, 0.6])
+    history = finetune(model, pieces, train_items, cfg, seed=0, validate=lambda: next(scores), progress=False)
+    assert history["valid_ndcg@10"] == [0.1, 0.3, 0.2, 0.25, 0.29]  # 3 epochs after the best: stop
+    assert history["best_epoch"] == 2
+
+
+def test_unknown_objectives_and_orders_are_refused(tmp_path):
+    write_atomic_dataset(tmp_path / "data")
+    for bad in ("cllm4rec.objective=bag", "cllm4rec.collab_order=random", "cllm4rec.crop=middle"):
+        args = ["run", "--config", "cllm4rec-tiny", "--out", str(tmp_path / "b"), "--no-progress",
+                "--set", "data.dataset=synth", "--set", f"data.data_dir={tmp_path / 'data'}", "--set", bad]
+        assert cli_main(args) == 2

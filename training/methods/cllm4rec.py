@@ -24,7 +24,9 @@ from genrec.bundle import items_trie
 from genrec.cllm4rec.config import Cllm4RecConfig
 from genrec.cllm4rec.method import Cllm4Rec
 from genrec.cllm4rec.model import (
+    COLLAB_ORDERS,
     MODEL_DIR,
+    OBJECTIVES,
     PROMPT_TEXTS,
     Cllm4RecModel,
     PromptPieces,
@@ -48,6 +50,7 @@ from ..baselines import popularity_ranking, top_unseen
 from ..data import Dataset, SplitData
 from ..loop import fit
 from ..report import table
+from ..sequences import CROPS, window
 from ..title_ids import title_id_items
 from .base import RunContext, Trained, Trainer
 
@@ -91,6 +94,31 @@ def _chunks(rows: list, size: int) -> list[list]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
+def collab_documents(users: Sequence[str], train_items: dict[str, list[str]], cfg: Cllm4RecConfig, size: int,
+                     rng: random.Random, user_dropout: float = 0.0) -> list[tuple[str | None, list[str]]]:
+    """One collaborative document per user for an epoch: at most `size` of the user's items,
+    shuffled (cfg.collab_order "shuffled", the paper's) or a window of consecutive items in time
+    order ("chronological", cfg.crop). With `user_dropout`, that share of the documents has no
+    user (the model also learns histories of users it has no token for)."""
+    docs: list[tuple[str | None, list[str]]] = []
+    for user in users:
+        if cfg.collab_order == "chronological":
+            seq = window(train_items[user], size, cfg.crop, rng)
+        else:
+            seq = list(train_items[user])
+            rng.shuffle(seq)
+            seq = seq[:size]
+        docs.append((None if user_dropout and rng.random() < user_dropout else user, seq))
+    return docs
+
+
+def check_config(cfg: Cllm4RecConfig) -> None:
+    for name, value, allowed in (("objective", cfg.objective, OBJECTIVES),
+                                 ("collab_order", cfg.collab_order, COLLAB_ORDERS), ("crop", cfg.crop, CROPS)):
+        if value not in allowed:
+            raise ConfigError(f"cllm4rec.{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def pretrain(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, list[str]],
              item_text_ids: dict[str, list[int]], cfg: Cllm4RecConfig, seed: int, progress: bool = True,
              log=None, on_batch=None) -> dict:
@@ -102,11 +130,7 @@ def pretrain(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     items = list(item_text_ids)
 
     def steps(epoch: int) -> list[tuple[str, list]]:
-        docs = []
-        for user in users:
-            seq = list(train_items[user])
-            rng.shuffle(seq)
-            docs.append((user, seq[: cfg.max_doc_items]))
+        docs = collab_documents(users, train_items, cfg, cfg.max_doc_items, rng)
         rng.shuffle(docs)
         order = list(items)
         rng.shuffle(order)
@@ -141,12 +165,15 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     training.loop.fit."""
     rng = random.Random(seed + 1)
     history: dict = {"finetune_loss": [], "valid_ndcg@10": []}
-    best = {"score": -1.0, "state": None}
+    best = {"score": -1.0, "state": None, "epoch": -1}
     users = [u for u, items in train_items.items() if len(items) >= 2]
 
     def examples(epoch: int) -> list:
         out = []
         for _ in range(cfg.finetune_views_per_user):
+            if cfg.objective == "next_item":  # the prompt's items and the one after them
+                out.extend(collab_documents(users, train_items, cfg, cfg.max_prompt_items + 1, rng, cfg.user_dropout))
+                continue
             for user in users:
                 last = rng.random() < cfg.last_item_share
                 kept, held = mask_history(train_items[user], cfg.mask_share, rng, include_last=last)
@@ -154,7 +181,12 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
         rng.shuffle(out)
         return out
 
+    def next_item_loss(model_, chunk):
+        return doc_loss(model_, collab_batch(model_, pieces, chunk), "collab", cfg.reg_lambda)[0]
+
     def loss(model_, chunk):
+        if cfg.objective == "next_item":
+            return next_item_loss(model_, chunk)
         batch = finetune_batch(model_, pieces, chunk, cfg.max_prompt_items)
         value = multinomial_loss(model_.score_items(batch.enc_ids, batch.enc_mask), batch.targets)
         if cfg.reg_lambda:
@@ -173,13 +205,14 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
             history["valid_ndcg@10"].append(score)
             message += f", valid NDCG@10 {score:.4f}"
             if score > best["score"]:
-                best.update(score=score, state=copy.deepcopy(model.state_dict()))
+                best.update(score=score, state=copy.deepcopy(model.state_dict()), epoch=epoch)
                 history["best_epoch"] = epoch + 1
         if log is not None:
             log(message + f" ({means['examples_per_s']:.0f} examples/s)")
+        return validate is not None and cfg.patience is not None and epoch - best["epoch"] >= cfg.patience
 
-    def prompt_items(example) -> int:  # what a prompt's length grows with
-        return min(len(example[1]), cfg.max_prompt_items)
+    def prompt_items(example) -> int:  # what a prompt's (or a document's) length grows with
+        return min(len(example[1]), cfg.max_prompt_items + 1)
 
     fit(model, epochs=cfg.finetune_epochs, examples=examples, collate=list, loss=loss, batch_size=cfg.batch_size,
         lr=cfg.finetune_lr, weight_decay=cfg.weight_decay, decay=False, grad_clip=cfg.grad_clip, shuffle=False,
@@ -241,6 +274,7 @@ class Cllm4RecTrainer(Trainer):
     def train(self, ctx: RunContext) -> Trained:
         config, dataset, tokenizer = ctx.config, ctx.dataset, ctx.tokenizer
         cfg = config.cllm4rec
+        check_config(cfg)
         timings: dict[str, float] = {}
         t = time.perf_counter()
         split = dataset.split
@@ -274,9 +308,13 @@ class Cllm4RecTrainer(Trainer):
 
     def extra_evaluation(self, method: Method, config: TrainConfig, dataset: Dataset, users: int | None) -> dict:
         cfg = config.cllm4rec
+        if not cfg.holdout_share:  # every training item was trained on: the protocol has nothing to score
+            return {}
         train_items, held = holdout_split(dataset.split, cfg.holdout_share, config.seed)
         result = evaluate_protocol(method, dataset.split, train_items, held, users, config.eval.batch_size)
         return {PROTOCOL_KEY: {**result, "holdout_share": cfg.holdout_share}}
 
     def report_sections(self, evaluation: dict) -> list[str]:
+        if PROTOCOL_KEY not in evaluation:
+            return []
         return ["## CLLM4Rec protocol (per-user held-out interactions)", "", protocol_table(evaluation), ""]

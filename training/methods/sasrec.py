@@ -26,10 +26,9 @@ from genrec.sasrec.model import MODEL_DIR, PAD, SasRecModel
 from genrec.tensors import pad_batch
 
 from ..loop import fit
+from ..sequences import CROPS, window
 from ..title_ids import title_id_items
 from .base import RunContext, Trained, Trainer
-
-CROPS = ("latest", "random")
 
 
 def build_model(item_ids: Sequence[str], cfg: SasRecConfig) -> SasRecModel:
@@ -41,14 +40,6 @@ def training_sequences(model: SasRecModel, train: dict[str, list[str]]) -> list[
     """Each user's training items as model rows (users with fewer than two items teach nothing)."""
     rows = (model.rows(items) for items in train.values())
     return [seq for seq in rows if len(seq) >= 2]
-
-
-def window(seq: list[int], size: int, crop: str, rng: random.Random) -> list[int]:
-    """At most `size` consecutive items of `seq`: the latest, or a random window."""
-    if len(seq) <= size:
-        return seq
-    start = len(seq) - size if crop == "latest" else rng.randint(0, len(seq) - size)
-    return seq[start : start + size]
 
 
 def collate(windows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
