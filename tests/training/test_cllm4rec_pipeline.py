@@ -115,10 +115,14 @@ def test_fine_tuning_makes_several_masked_views_per_user(monkeypatch):
 
 
 def test_presets_use_the_measured_fine_tuning_settings():
-    for name in ("cllm4rec-tiny", "cllm4rec-ml100k"):
-        cfg = preset(name).cllm4rec
-        assert cfg.finetune_views_per_user > 1 and cfg.item_bias and cfg.item_head_scale == 1.0
-        assert 0.0 < cfg.last_item_share < 1.0
+    tiny = preset("cllm4rec-tiny").cllm4rec  # the paper's masked objective
+    assert tiny.objective == "masked" and tiny.collab_order == "shuffled"
+    assert tiny.finetune_views_per_user > 1 and tiny.item_bias and tiny.item_head_scale == 1.0
+    assert 0.0 < tiny.last_item_share < 1.0
+    ml100k = preset("cllm4rec-ml100k").cllm4rec  # the next-item objective
+    assert ml100k.objective == "next_item" and ml100k.collab_order == "chronological"
+    assert ml100k.holdout_share == 0.0 and ml100k.patience and ml100k.valid_users is None
+    assert ml100k.model.dropout_rate == 0.2 and tiny.model.dropout_rate == 0.0
 
 
 def _cyclic_setup(objective: str):
