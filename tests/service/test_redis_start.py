@@ -7,9 +7,11 @@ from __future__ import annotations
 import shutil
 import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
+import redis.asyncio
 
 from genrec.errors import StoreUnavailableError
 from service import embedded_redis
@@ -17,6 +19,7 @@ from service.embedded_redis import EmbeddedRedis, free_port
 
 from .redis_cluster import LocalCluster
 from .redis_server import RedisServer
+from .tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 
@@ -115,3 +118,18 @@ def test_cluster_nodes_move_when_a_port_or_a_bus_port_was_taken(tmp_path):
             with redis.RedisCluster.from_url(cluster.url) as client:
                 client.set("moved", "yes")
                 assert client.get("moved") == b"yes"
+
+
+@pytest.mark.anyio
+async def test_the_proxy_listens_on_the_port_the_kernel_bound_and_heals_on_it(redis_url):
+    proxy = TcpProxy(urlsplit(redis_url).port)
+    await proxy.start()  # port 0: nothing to take between the pick and the bind
+    try:
+        port = proxy.port
+        await proxy.cut()
+        await proxy.heal()
+        assert proxy.port == port
+        async with redis.asyncio.Redis.from_url(proxy.url_for(redis_url)) as client:
+            assert await client.ping()
+    finally:
+        await proxy.close()
