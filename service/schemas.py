@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import operator
 import re
+import unicodedata
 from functools import reduce
 from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -22,8 +24,6 @@ from pydantic import (
     TypeAdapter,
     WithJsonSchema,
 )
-
-from .filters import WORD_PATTERN
 
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
 # no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
@@ -39,6 +39,31 @@ WHITESPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u
 # punctuation and spaces of Latin-1, of General Punctuation, of CJK and of fullwidth ASCII.
 WORD_SEPARATORS = (r"\u0000-\u002f\u003a-\u0040\u005b-\u005e\u0060\u007b-\u00bf\u2000-\u206f\u3000-\u303f"
                    r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65")
+
+
+def _bmp_class(categories: set[str], but: str = "") -> str:
+    """The body of a character class of the BMP code points of these Unicode categories (less
+    `but`, and never a surrogate), as \\uXXXX ranges: one spelling for ECMA-262 and Python."""
+    ranges: list[list[int]] = []
+    for code in range(0x10000):
+        char = chr(code)
+        if unicodedata.category(char) in categories and char not in but:
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
+
+
+# What is not a word character of a filter word: controls and formats (but the zero-width
+# (non-)joiners, which join letters), private use, punctuation (but connectors such as `_`),
+# symbols and separators. So a word character is a letter, a mark, a digit or other number, or
+# a connector (Unicode's word characters, UTS #18, and Python's \w, which leaves marks out), or
+# one Python's Unicode data does not know yet. Spelled as the complement within the BMP: a
+# character beyond it is a word character in every reading (to ECMA-262 without the u flag, both
+# halves of its surrogate pair are).
+NON_WORD_CHARACTERS = _bmp_class({"Cc", "Cf", "Co", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So",
+                                  "Zs", "Zl", "Zp"}, but="\u200c\u200d")
 NO_CONTROL_CHARACTERS = f"^[^{CONTROL_CHARACTERS}]*$"
 BLANK = f"^[{WHITESPACE}]*$"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
@@ -63,6 +88,14 @@ def words_at_most(max_chars: int) -> str:
 def _no_control_characters(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integer: 13.0 is one (JSON does not tell it from 13, and a client's numbers
+    may all be doubles); 13.5, true and "13" are not, and strict validation refuses them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -149,16 +182,39 @@ MAX_FILTER_FIELDS = 8
 MAX_FILTER_VALUES = 32
 
 FilterField = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_no_control_characters)]
+# Word characters joined by single apostrophes (' or ’) or hyphens, as filters.py reads words.
+_WORD_CHARACTER = f"[^{NON_WORD_CHARACTERS}]"
+FILTER_WORD = rf"^{_WORD_CHARACTER}+(?:['\u2019-]{_WORD_CHARACTER}+)*$"
+_FILTER_WORD = re.compile(FILTER_WORD)
+
+
+def _one_word(value: str) -> str:
+    """FILTER_WORD, checked by Python's re: pydantic's own engine reads a pattern's classes with
+    Unicode tables of its own, and would print the whole class in its error."""
+    if not _FILTER_WORD.fullmatch(value):
+        raise ValueError("must be one whole word: letters, digits and underscores, which may be joined by single "
+                         "apostrophes or hyphens")
+    return value
+
+
 FilterWord = Annotated[
     StrictStr,
     Field(
         min_length=1,
         max_length=64,
-        pattern=rf"^{WORD_PATTERN}$",
-        description="one whole word: letters, digits and underscores, which may be joined by single "
-        "apostrophes or hyphens (Children's, Sci-Fi); matched case-insensitively",
+        description="one whole word: letters (marks included), digits and underscores, which may be joined by "
+        "single apostrophes or hyphens (Children's, Sci-Fi); matched case-insensitively",
+        json_schema_extra={"pattern": FILTER_WORD},
     ),
+    AfterValidator(_one_word),
 ]
+
+
+def _filter_schema(schema: dict) -> None:
+    """Field names without control characters, as propertyNames (see _metadata_schema)."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "object":
+            branch["propertyNames"]["pattern"] = NO_CONTROL_CHARACTERS
 
 
 class _Strict(BaseModel):
@@ -180,9 +236,10 @@ class RecommendationRequest(_Strict):
         description="the user: without a history, their stored events are the history; also passed to "
         "the method (bundles with a user vocabulary use it)",
     )
-    k: StrictInt = Field(10, ge=1, description="how many items to return (GENREC_MAX_K at most; by default 10, "
-                         "or GENREC_MAX_K when smaller)",
-                         json_schema_extra=set_by("max_k"))
+    k: Annotated[StrictInt, BeforeValidator(_integral)] = Field(
+        10, ge=1, description="how many items to return (GENREC_MAX_K at most; by default 10, or GENREC_MAX_K when "
+        "smaller); a number with no fractional part (13.0 is 13)",
+        json_schema_extra=set_by("max_k"))
     exclude_history: StrictBool = Field(True, description="never recommend an item of the history")
     exclude_items: list[ItemId] = Field(
         [],
@@ -202,6 +259,7 @@ class RecommendationRequest(_Strict):
             "the keys of minted items' metadata; a field no item has: 422 unknown_filter_field. Applied "
             "inside the search: the answer still has k items whenever k qualify.",
             examples=[{"genres": ["Comedy", "Animation"]}],
+            json_schema_extra=_filter_schema,
         )
     )
 

@@ -22,7 +22,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from service.embedded_redis import free_port
+from service.embedded_redis import free_port, start_redis_server
 from service.registry import namespace
 
 
@@ -42,6 +42,10 @@ class Node:
     def client(self, timeout_s: float = 2.0) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True,
                            socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis.log"
 
     @property
     def alive(self) -> bool:
@@ -81,19 +85,30 @@ class LocalCluster:
             "--appendonly", "no",
             "--save", "",
             "--daemonize", "no",
-            "--logfile", "redis.log",
+            "--logfile", "",  # stdout, appended to node.log_path
             "--loglevel", "notice",
         ]  # fmt: skip
+
+    def _start_node(self, node: Node, timeout_s: float) -> None:
+        """Starts a node on its picked ports; if one of them was taken meanwhile (its log says
+        the address was in use), on new ones, with its cluster config written afresh."""
+        tries = []
+
+        def args(port: int) -> list[str]:
+            if tries:  # a retry: the bus port may have been the taken one
+                node.port, node.bus_port = port, free_port()
+                (node.data_dir / "nodes.conf").unlink(missing_ok=True)
+            tries.append(port)
+            return self._args(node)
+
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        node.process, _port = start_redis_server(args, node.log_path, node.port, repick=True, timeout_s=timeout_s)
 
     def start(self, timeout_s: float = 30.0) -> LocalCluster:
         deadline = time.monotonic() + timeout_s
         try:
             for node in self.nodes:
-                node.data_dir.mkdir(parents=True, exist_ok=True)
-                node.process = subprocess.Popen(self._args(node), stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL)
-            for node in self.nodes:
-                _wait(lambda node=node: _answers(node), deadline, f"node {node.address} to answer")
+                self._start_node(node, max(1.0, deadline - time.monotonic()))
             created = subprocess.run(
                 [self.cli, "--cluster", "create", *(n.address for n in self.nodes),
                  "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -201,8 +216,10 @@ class LocalCluster:
     def restart(self, node: Node, timeout_s: float = 20.0) -> None:
         """Starts a killed node again on its port and folder: a master whose slots were taken
         over rejoins as a replica of its successor. Returns once the cluster is healthy."""
-        node.process = subprocess.Popen(self._args(node), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_healthy(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        node.process, _port = start_redis_server(lambda _port: self._args(node), node.log_path, node.port,
+                                                 repick=False, timeout_s=timeout_s)
+        self.wait_healthy(deadline - time.monotonic())
 
     def detach_replica(self, master: Node, replica: Node) -> None:
         """Makes `replica` fall behind for good: frozen (SIGSTOP), then its replication link
@@ -296,16 +313,6 @@ def _slot_owners(client: redis.Redis) -> dict[int, int]:
         for slot in range(int(start), int(end) + 1):
             owners[slot] = port
     return owners
-
-
-def _answers(node: Node) -> bool:
-    if node.process is not None and node.process.poll() is not None:
-        raise RuntimeError(f"redis-server on {node.address} exited with code {node.process.returncode}")
-    try:
-        with node.client(0.5) as client:
-            return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
 
 
 def _wait(predicate, deadline: float, what: str, interval_s: float = 0.05) -> None:

@@ -9,13 +9,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from service.embedded_redis import free_port
+from service.embedded_redis import free_port, start_redis_server
 from service.registry import namespace
 
 MISSING = ("redis-server is not on the PATH: install Redis 7 (apt-get install redis-server, "
@@ -45,6 +44,7 @@ class RedisServer:
             missing_redis_server()
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
+        self._repick = port is None  # a picked port may move until the first start binds it
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
@@ -53,10 +53,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def _args(self) -> list[str]:
+    def _args(self, port: int) -> list[str]:
         return [
             self.binary,
-            "--port", str(self.port),
+            "--port", str(port),
             "--bind", "127.0.0.1",
             "--dir", str(self.data_dir.resolve()),
             "--appendonly", "yes" if self.appendonly else "no",
@@ -67,21 +67,20 @@ class RedisServer:
             "--loglevel", "warning",
         ]  # fmt: skip
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis-server.log"
+
     def start(self, timeout_s: float = 10.0) -> RedisServer:
-        """Starts the server (again, on the same port and data) and waits until it answers PING."""
+        """Starts the server (again, on the same port and data) and waits until it answers PING.
+        The first start of a picked port moves to another if that one was taken meanwhile."""
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("redis-server is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with code {self.process.returncode} at start")
-            if self.answers():
-                return self
-            time.sleep(0.02)
-        self.close()
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout_s} s")
+        self.process, self.port = start_redis_server(self._args, self.log_path, self.port, repick=self._repick,
+                                                     timeout_s=timeout_s)
+        self._repick = False
+        return self
 
     def answers(self) -> bool:
         try:

@@ -16,8 +16,6 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from service.embedded_redis import free_port
-
 
 @dataclass
 class _Fault:
@@ -45,7 +43,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int, port: int | None = None):
         self.target_port = target_port
-        self.port = port or free_port()
+        self.port = port  # None: the kernel's pick at start(), so no other process can take it first
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task] = set()
@@ -96,11 +94,15 @@ class TcpProxy:
 
     # ------------------------------------------------------------------ listening
 
-    async def heal(self) -> None:
+    async def start(self) -> None:
+        """Listens on `port`, or on a port the kernel picks and binds at once (port 0)."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port or 0)
+            self.port = self._server.sockets[0].getsockname()[1]
 
-    start = heal
+    async def heal(self) -> None:
+        """Listens again on the same port."""
+        await self.start()
 
     async def cut(self) -> None:
         server, self._server = self._server, None

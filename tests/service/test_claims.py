@@ -17,14 +17,13 @@ import httpx
 import pytest
 import redis
 
-from service.embedded_redis import free_port
 from service.engine import MintJob, texts_for
 from service.registry import namespace
 
 from .conftest import assert_error, metric_value, serve, wait_until
 from .redis_server import registry_contents
 from .tcp_proxy import TcpProxy, ThreadedProxy
-from .test_lifecycle import cli_env, cli_process, wait_until_ready
+from .test_lifecycle import CliService, cli_env
 
 TITLE = {"title": "fresh space story"}
 COMMIT = b"redis.call('XADD'"  # a piece of the commit script, which only the commit sends
@@ -205,15 +204,16 @@ def test_a_replica_killed_between_claim_and_commit_frees_its_id_after_the_ttl(
     SIGKILLed: its claim outlives it, expires after GENREC_PENDING_CLAIM_TTL_S, and another
     replica then mints that very ID for the item."""
     ttl_s = 2.0
-    port, log = free_port(), tmp_path / "replica.log"
+    log = tmp_path / "replica.log"
     body = {"item_id": "orphan-1", "metadata": TITLE}
     with ThreadedProxy(urlsplit(redis_url).port) as proxy:
         env = cli_env(proxy.url_for(redis_url), catalog_name, GENREC_PENDING_CLAIM_TTL_S=str(ttl_s),
                       GENREC_REDIS_TIMEOUT_S="30")
-        with cli_process(bundle_path, port, env, log) as process:
-            wait_until_ready(process, f"http://127.0.0.1:{port}", log)
+        with CliService(bundle_path, env, log) as service:
+            service.wait_ready()
+            process = service.process
             held = proxy.hold(COMMIT)
-            poster = threading.Thread(target=_post_quietly, args=(f"http://127.0.0.1:{port}/v1/items", body))
+            poster = threading.Thread(target=_post_quietly, args=(f"{service.base_url}/v1/items", body))
             poster.start()
             assert held.wait(60), f"the replica never committed:\n{log.read_text()}"
             [(textual_id, marker)] = minted(redis_url, catalog_name)["pending"].items()

@@ -26,13 +26,12 @@ from genrec.modeling import build_t5
 from genrec.sasrec.model import MODEL_DIR as SASREC_DIR
 from genrec.sasrec.model import SasRecModel
 from genrec.textual_ids import claim_in, title_textual_id
-from service.embedded_redis import free_port
 from training.presets import preset
 from training.title_ids import title_id_items
 from training.tokenizer_training import train_tokenizer
 
 from .conftest import EXTRA_TEXT, N_ITEMS, TINY, catalog_metadata, serve
-from .test_lifecycle import cli_env, cli_process, wait_until_ready
+from .test_lifecycle import CliService, cli_env
 
 USERS = [f"u{i}" for i in range(6)]
 
@@ -148,10 +147,10 @@ def test_the_real_cli_serves_an_item_table_bundle(table_bundle, redis_url, catal
     """`genrec-serve` (the CLI under uvicorn, as `make serve` and Docker run it) starts on a
     cllm4rec or sasrec bundle and answers recommendations and mints through HTTP."""
     bundle_path, kind = table_bundle
-    port, log = free_port(), tmp_path / "service.log"
-    base_url = f"http://127.0.0.1:{port}"
-    with cli_process(bundle_path, port, cli_env(redis_url, catalog_name), log) as process:
-        wait_until_ready(process, base_url, log)
+    log = tmp_path / "service.log"
+    with CliService(bundle_path, cli_env(redis_url, catalog_name), log) as service:
+        service.wait_ready()
+        process, base_url = service.process, service.base_url
         with httpx.Client(base_url=base_url, timeout=20.0) as client:
             found = client.post("/v1/recommendations", json={"history": ["m1", "m2"], "k": 3})
             assert found.status_code == 200, found.text

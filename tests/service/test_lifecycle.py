@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,20 +49,56 @@ def cli_env(redis_url: str, catalog: str, **extra: str) -> dict[str, str]:
     return env
 
 
-@contextlib.contextmanager
-def cli_process(bundle: Path, port: int, env: dict[str, str], log: Path):
-    """`python -m service.cli` in the background; killed at the end if it is still running."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "--bundle", str(bundle), "--port", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)  # uvicorn's bind failure
+
+
+class CliService:
+    """`python -m service.cli` in the background on a port picked free (killed at the end if it
+    is still running). Uvicorn binds that port only once the lifespan is done, seconds later:
+    if another process took it meanwhile, `wait_ready` launches the service again on another
+    port, `attempts` times in all. Use it as a context manager."""
+
+    def __init__(self, bundle: Path, env: dict[str, str], log: Path):
+        self.bundle, self.env, self.log = bundle, env, log
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def launch(self) -> CliService:
+        self.close()
+        self.port = free_port()
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "--bundle", str(self.bundle), "--port", str(self.port)],
+                cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0, attempts: int = 5) -> list[int]:
+        """`wait_until_ready`, on another port while the service exits because its port was taken."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return wait_until_ready(self.process, self.base_url, self.log, timeout_s)
+            except AssertionError:
+                lost_port = self.process.poll() is not None and ADDRESS_IN_USE.search(self.log.read_text())
+                if not lost_port or attempt == attempts:
+                    raise
+                self.launch()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> CliService:
+        return self.launch()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def wait_until_ready(process: subprocess.Popen, base_url: str, log: Path, timeout_s: float = 60.0) -> list[int]:
@@ -82,13 +120,29 @@ def wait_until_ready(process: subprocess.Popen, base_url: str, log: Path, timeou
     raise AssertionError(f"not ready within {timeout_s} s:\n{log.read_text()}")
 
 
+def test_the_cli_service_moves_to_another_port_when_its_pick_was_taken(bundle_path, redis_url, catalog_name,
+                                                                         tmp_path, monkeypatch):
+    """The helper every process test starts the CLI with: the port it picked is taken before
+    uvicorn binds it (a busy CI machine), and the service comes up on another one."""
+    real, picked = free_port, []
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        monkeypatch.setitem(globals(), "free_port", lambda: picked.append(real() if picked else taken) or picked[-1])
+        with CliService(bundle_path, cli_env(redis_url, catalog_name), tmp_path / "service.log") as service:
+            assert service.wait_ready() == []
+            assert picked[0] == taken and service.port == picked[-1] != taken and len(picked) == 2
+            assert httpx.get(f"{service.base_url}/readyz", timeout=10).status_code == 200
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_0(bundle_path, redis_url, catalog_name, tmp_path):
-    port, log = free_port(), tmp_path / "service.log"
-    base_url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "service.log"
     # Requests wait up to 1 s in the micro-batchers: they are in flight when SIGTERM comes.
     env = cli_env(redis_url, catalog_name, GENREC_MAX_WAIT_MS="1000")
-    with cli_process(bundle_path, port, env, log) as process:
-        answered_before_ready = wait_until_ready(process, base_url, log)
+    with CliService(bundle_path, env, log) as service:
+        answered_before_ready = service.wait_ready()
+        process, base_url = service.process, service.base_url
         # Uvicorn binds its port only once the lifespan (bundle, trie, Redis) is done.
         assert answered_before_ready == []
 

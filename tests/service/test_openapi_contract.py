@@ -15,9 +15,19 @@ import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from service.app import create_app
-from service.schemas import CONTROL_CHARACTERS, SETTINGS_KEY, WHITESPACE, WORD_SEPARATORS, words_at_most
+from service.schemas import (
+    CONTROL_CHARACTERS,
+    FILTER_WORD,
+    NON_WORD_CHARACTERS,
+    SETTINGS_KEY,
+    WHITESPACE,
+    WORD_SEPARATORS,
+    FilterWord,
+    words_at_most,
+)
 
 from .conftest import assert_error, serve
 from .redis_server import registry_contents
@@ -142,6 +152,29 @@ ITEM_BODIES = [
 ]
 
 
+RECOMMEND_BODIES = [
+    {"history": ["m1", "m2", "m3"], "k": 7},
+    {"history": ["m1", "m2", "m3", "m4"]},
+    {"history": ["m1"], "k": 8},
+    {"history": ["m\u00851"]},
+    {"history": ["m1"], "k": 7.0},  # JSON Schema's integer: 7.0 is one
+    {"history": ["m1"], "k": 1.0},
+    {"history": ["m1"], "k": 6.5},
+    {"history": ["m1"], "k": True},
+    {"history": ["m1"], "k": "7"},
+    {"history": ["m1"], "k": 8.0},
+    {"history": ["m1"], "k": 0.0},
+    {"history": ["m1"], "filter": {"genres": ["Comedy", "Sci-Fi", "children's", "l\u2019\u00e9t\u00e9"]}},
+    {"history": ["m1"], "filter": {"genres": ["Com\u00e9die", "\u0939\u093f\u0928\u094d\u0926\u0940", "\u00bd"]}},
+    {"history": ["m1"], "filter": {"genres": ["x\u0301", "a_b", "\U0001d400"]}},  # a mark; a letter past the BMP
+    {"history": ["m1"], "filter": {"genres": ["sci-"]}},
+    {"history": ["m1"], "filter": {"genres": ["sci--fi"]}},
+    {"history": ["m1"], "filter": {"genres": ["two words"]}},
+    {"history": ["m1"], "filter": {"genres": ["\u00bfqu\u00e9"]}},
+    {"history": ["m1"], "filter": {"genres\u0000": ["comedy"]}},  # a control character in a field name
+]
+
+
 @pytest.mark.anyio
 async def test_what_the_document_declares_valid_the_server_accepts_and_no_more(make_settings):
     async with serve(make_settings(**LIMITS)) as (_app, client):
@@ -160,8 +193,7 @@ async def test_what_the_document_declares_valid_the_server_accepts_and_no_more(m
         assert all(valid == (status == 201) for _body, valid, status in outcomes), [
             (body, valid, status) for body, valid, status in outcomes if valid != (status == 201)]
         assert {valid for _b, valid, _s in outcomes} == {True, False}  # both kinds were tried
-        for body in [{"history": ["m1", "m2", "m3"], "k": 7}, {"history": ["m1", "m2", "m3", "m4"]},
-                     {"history": ["m1"], "k": 8}, {"history": ["m\u00851"]}]:
+        for body in RECOMMEND_BODIES:
             response = await client.post("/v1/recommendations", json=body)
             assert recommend_valid(body) == (response.status_code == 200), (body, response.text)
 
@@ -187,6 +219,38 @@ def test_the_character_classes_mean_what_python_means():
         char = chr(code)
         assert bool(control.match(char)) == (unicodedata.category(char) == "Cc"), hex(code)
         assert bool(space.match(char)) == char.isspace(), hex(code)
+
+
+def test_the_word_characters_are_what_schemas_says():
+    """A filter word's characters: every code point but controls and formats (the zero-width
+    joiners excepted), private use, punctuation but connectors, symbols and separators; every
+    character of a word of the filter index (Python's \\w) is one, so any word it holds can be asked."""
+    word = re.compile(f"[^{NON_WORD_CHARACTERS}]")
+    non_word = {"Cc", "Cf", "Co", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp"}
+    for code in range(0x110000):
+        char = chr(code)
+        expected = code > 0xFFFF or char in "\u200c\u200d" or unicodedata.category(char) not in non_word
+        assert bool(word.match(char)) == expected, hex(code)
+        assert not re.match(r"\w", char) or word.match(char), hex(code)
+
+
+WORD_PIECES = st.sampled_from(["a", "Z", "\u00e9", "\u0301", "_", "7", "\u00bd", "-", "'", "\u2019", " ", "\u00a0",
+                               "\u2014", "\u3001", "\U0001d400", "\U0001f3ac", "\u200d", "\n", "\u0000"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(st.one_of(st.characters(codec="utf-8"), WORD_PIECES), min_size=1, max_size=12))
+def test_the_filter_word_pattern_means_the_same_in_python_in_ecma_and_on_the_server(text):
+    """A filter word the document's pattern admits (read as ECMA-262 by a JSON Schema validator,
+    or by Python's re) is one the server accepts, and no other."""
+    in_python = re.fullmatch(FILTER_WORD, text) is not None
+    assert jsonschema_rs.validator_for({"type": "string", "pattern": FILTER_WORD}).is_valid(text) == in_python
+    try:
+        TypeAdapter(FilterWord).validate_python(text)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == (in_python and len(text) <= 64)
 
 
 TEXT = st.text(st.one_of(st.characters(codec="utf-8"), st.sampled_from("ab1_ ,.\u00a0\u3001\u00e9")), max_size=40)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,6 @@ import uvicorn
 
 from genrec.item_text import item_title
 from service.app import create_app
-from service.embedded_redis import free_port
 from service.settings import Settings
 
 from .conftest import N_ITEMS, assert_error, serve
@@ -103,11 +103,15 @@ def browser():
 
 @contextlib.contextmanager
 def live_service(settings: Settings):
-    """The app served by uvicorn on a free port, in a thread: (its base URL, an httpx client)."""
-    port = free_port()
+    """The app served by uvicorn on a free port, in a thread: (its base URL, an httpx client).
+    Uvicorn is handed a socket bound here (port 0): no other process can take the port between
+    its pick and uvicorn's start, after the lifespan."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
-    thread = threading.Thread(target=server.run, name="page-test-server", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="page-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
@@ -120,6 +124,7 @@ def live_service(settings: Settings):
     finally:
         server.should_exit = True
         thread.join(30)
+        sock.close()
 
 
 @pytest.fixture

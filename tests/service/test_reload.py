@@ -444,9 +444,7 @@ def test_rolling_upgrade_of_two_replicas_under_load(bundle_path, dataset, redis_
     items bundle items of v2 with their v1 textual IDs and recommendable on both replicas, no
     textual ID held by two items in either namespace at any moment. Prints the loop's figures
     (docs/operations.md)."""
-    from service.embedded_redis import free_port
-
-    from .test_lifecycle import cli_env, cli_process, wait_until_ready
+    from .test_lifecycle import CliService, cli_env
 
     v1 = bundle_copy(bundle_path, tmp_path / "v1", dataset)
     current = tmp_path / "current"
@@ -456,13 +454,12 @@ def test_rolling_upgrade_of_two_replicas_under_load(bundle_path, dataset, redis_
                   GENREC_RELOAD_DRAIN_S="10", GENREC_UPGRADE_FOLLOW_S="0.2")
     env.pop("GENREC_CATALOG")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[2]), env.get("PYTHONPATH")]))
-    ports = [free_port(), free_port()]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
     logs = [tmp_path / "replica-0.log", tmp_path / "replica-1.log"]
     began = time.monotonic()
-    with cli_process(current, ports[0], env, logs[0]) as p0, cli_process(current, ports[1], env, logs[1]) as p1:
-        for process, url, log in zip((p0, p1), urls, logs, strict=True):
-            wait_until_ready(process, url, log, timeout_s=120)
+    with CliService(current, env, logs[0]) as s0, CliService(current, env, logs[1]) as s1:
+        for service in (s0, s1):
+            service.wait_ready(timeout_s=120)
+        urls, p1 = [s0.base_url, s1.base_url], s1.process
         old_catalog = httpx.get(f"{urls[0]}/readyz").json()["serving"]["catalog"]
         report = asyncio.run(_loop(urls, p1, current, v1, bad, redis_url, old_catalog, env, tmp_path))
         for log in logs:
