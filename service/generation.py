@@ -405,7 +405,8 @@ class Generation:
         if "k" not in body.model_fields_set:
             body.k = min(body.k, s.max_k)  # the default (10) follows a smaller GENREC_MAX_K
         if body.k > s.max_k:
-            raise invalid("k", f"must be between 1 and {s.max_k} (got {body.k})")
+            got = body.k if body.k < 10**12 else "more"  # 1e300 is an integer too: no 301-digit message
+            raise invalid("k", f"must be between 1 and {s.max_k} (got {got})")
         if body.history is not None:
             history = body.history
             await self._check_known(history)

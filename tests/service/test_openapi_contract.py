@@ -266,3 +266,11 @@ def test_the_word_pattern_limits_the_longest_word_in_python_and_in_ecma(text, lo
     pattern = words_at_most(longest)
     assert (re.fullmatch(pattern, text) is not None) == expected
     assert jsonschema_rs.validator_for({"type": "string", "pattern": pattern}).is_valid(text) == expected
+
+
+@pytest.mark.anyio
+async def test_a_huge_integral_k_is_refused_with_a_short_message(make_settings):
+    async with serve(make_settings(**LIMITS)) as (_app, client):
+        response = await client.post("/v1/recommendations", json={"history": ["m1"], "k": 1e300})
+        assert response.status_code == 422 and "(got more)" in response.text, response.text
+        assert len(response.text) < 1000
