@@ -556,6 +556,9 @@ class TextualIdTrie:
             raise ValueError("item_keys and sequences differ in length")
         self.eos_token_id = eos_token_id
         self._lock = threading.RLock()
+        # Shared by the tries that number items alike (a catalog's folds set it to their
+        # predecessor's): an item's index in one is its index in the others.
+        self.numbering = object()
         # The base items packed (genrec/packed.py), shared with a bundle's columns when given
         # them: no str, tuple or dict entry an item.
         base_keys = item_keys if isinstance(item_keys, PackedStrings) else PackedStrings(item_keys)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from genrec.bundle import BundleItem, BundleItems
+from genrec.item_set import IndexedItems
 from genrec.item_text import (
     flatten_item_text,
     flatten_metadata,
@@ -152,11 +153,11 @@ class Catalog:
         with self._write_lock:
             return self._filters.unknown_fields(fields)
 
-    def matching(self, query: Mapping[str, Sequence[str]]) -> frozenset[str]:
-        """Ids of the items that qualify for a request's filter (a new set: the caller owns it)."""
+    def matching(self, query: Mapping[str, Sequence[str]]) -> IndexedItems:
+        """The items that qualify for a request's filter, a set of item ids held as their trie
+        indices (a new one: the caller owns it)."""
         with self._write_lock:
-            keys = self._trie.item_keys
-            return frozenset(map(keys.__getitem__, self._filters.matching(query).tolist()))
+            return IndexedItems(self._filters.matching(query), self._trie)
 
     def fold(self) -> bool:
         """Rebuilds the trie with the overlay folded into its marisa base; safe while decodes
@@ -174,6 +175,7 @@ class Catalog:
             # The slow part (marisa and the base decoding tables), outside the write lock:
             # adds and decodes go on against the old trie meanwhile.
             new = TextualIdTrie(keys, sequences, self.eos_token_id)
+            new.numbering = old.numbering  # the same indices
             new.base_tables()
             with self._write_lock:
                 for index in range(count, len(old)):  # adds made meanwhile: overlay edges only
