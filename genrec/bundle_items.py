@@ -64,6 +64,10 @@ class BundleItems(Indexed, Sequence[BundleItem]):
         return BundleItem(self.item_ids[index], self.textual_ids[index], list(self.token_ids[index]),
                           self.texts[index])
 
+    def _range(self, start: int, stop: int) -> list[BundleItem]:
+        columns = (self.item_ids, self.textual_ids, self.token_ids, self.texts)
+        return [BundleItem(i, t, list(k), x) for i, t, k, x in zip(*(c[start:stop] for c in columns), strict=True)]
+
     def __iter__(self) -> Iterator[BundleItem]:
         for item_id, textual_id, tokens, text in zip(self.item_ids, self.textual_ids, self.token_ids, self.texts,
                                                      strict=True):

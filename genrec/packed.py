@@ -24,15 +24,22 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 
 class Indexed(Sequence):
-    """A sequence read through `_at(index)` for 0 <= index < len: slices (as lists) and
+    """A sequence read through `_at(index)` for 0 <= index < len, and `_range(start, stop)` for
+    a run of them (a class may read a run faster than item by item): slices (as lists) and
     negative indexes are handled here."""
 
     def _at(self, index: int):
         raise NotImplementedError
 
+    def _range(self, start: int, stop: int) -> list:
+        return [self._at(i) for i in range(start, stop)]
+
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self._at(i) for i in range(*index.indices(len(self)))]
+            start, stop, step = index.indices(len(self))
+            if step == 1:
+                return self._range(start, max(start, stop))
+            return [self._at(i) for i in range(start, stop, step)]
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -64,6 +71,10 @@ class PackedStrings(Indexed, Sequence[str]):
 
     def _at(self, index: int) -> str:
         return self._data[int(self._offsets[index]):int(self._offsets[index + 1])].decode("utf-8")
+
+    def _range(self, start: int, stop: int) -> list[str]:
+        data, bounds = self._data, self._offsets[start:stop + 1].tolist()
+        return [data[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:])]  # noqa: B905 - one shorter
 
     def __iter__(self) -> Iterator[str]:
         data, bounds = self._data, self._offsets.tolist()
@@ -150,6 +161,14 @@ class PackedInts(Indexed, Sequence[tuple[int, ...]]):
 
     def _at(self, index: int) -> tuple[int, ...]:
         return tuple(self.flat[int(self.offsets[index]):int(self.offsets[index + 1])].tolist())
+
+    def _range(self, start: int, stop: int) -> list[tuple[int, ...]]:
+        bounds = self.offsets[start:stop + 1].tolist()
+        if not bounds:
+            return []
+        first = bounds[0]
+        values = self.flat[first:bounds[-1]].tolist()
+        return [tuple(values[a - first:b - first]) for a, b in zip(bounds, bounds[1:])]  # noqa: B905 - one shorter
 
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         values, bounds = self.flat.tolist(), self.offsets.tolist()

@@ -14,7 +14,7 @@ def test_packed_strings_read_as_a_list():
     packed = PackedStrings(values)
     assert list(packed) == values and len(packed) == 5
     assert [packed[i] for i in range(-5, 5)] == values * 2
-    assert packed[1:4] == values[1:4] and packed[::-2] == values[::-2]
+    assert packed[1:4] == values[1:4] and packed[::-2] == values[::-2] and packed[4:2] == [] and packed[5:] == []
     with pytest.raises(IndexError):
         packed[5]
     assert packed.position("ünïcode") == 1 and packed.position("zzz") is None and "b c" in packed
@@ -29,6 +29,7 @@ def test_packed_ints_read_as_tuples():
     rows = [[5, 6, 1], [7, 1], [2**20, 1]]
     packed = PackedInts.of(rows)
     assert list(packed) == [tuple(r) for r in rows] and packed[-1] == (2**20, 1)
+    assert packed[1:] == [(7, 1), (2**20, 1)] and packed[2:1] == [] and packed[3:] == [] and packed[::2] == [(5, 6, 1), (2**20, 1)]
     assert packed.flat.dtype == np.int32 and packed.lengths.tolist() == [3, 2, 2]
     assert list(PackedInts.joined([packed, PackedInts.of([[3, 1]])])) == [*map(tuple, rows), (3, 1)]
 
