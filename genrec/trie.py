@@ -575,7 +575,7 @@ class TextualIdTrie:
             raise ValueError("two items share one token sequence (textual IDs must be unique)")
         # marisa assigns its own key ids: map them to item indices.
         base = self._base
-        self._base_item = np.empty(self._num_base, dtype=np.int64)
+        self._base_item = np.empty(self._num_base, dtype=np.int32 if self._num_base < 2**31 else np.int64)
         self._base_item[np.fromiter((base[key] for key in keys), dtype=np.int64, count=len(keys))] = np.arange(
             len(keys), dtype=np.int64)
         del keys
