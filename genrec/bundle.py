@@ -28,12 +28,13 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from .bundle_items import ITEMS_NAME, BundleItem, BundleItems, first_token_over, read_items_file
 from .config import TrainConfig, config_from_dict
 from .errors import BundleError, ConfigError
 from .registry import kinds
@@ -47,7 +48,6 @@ FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = (1,)
 
 MANIFEST_NAME = "manifest.json"
-ITEMS_NAME = "items.jsonl"
 POPULARITY_NAME = "popularity.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -56,23 +56,12 @@ _CHUNK = 1 << 20  # 1 MiB
 _PROTECTED_KEYS = frozenset({"files", "format_version"})
 
 
-@dataclass(slots=True)
-class BundleItem:
-    item_id: str
-    textual_id: str
-    token_ids: list[int]  # the ID's tokens followed by EOS (the trie key)
-    text: str  # flattened item metadata
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class Bundle:
     path: Path
     manifest: dict
     tokenizer: PreTrainedTokenizerBase
-    items: list[BundleItem]
+    items: BundleItems
     # (item_id, training interactions), most first; None for a bundle written before popularity lists
     popularity: list[tuple[str, int]] | None = None
 
@@ -416,97 +405,16 @@ def verify_bundle(path: Path) -> dict:
     return _verify(path, checksums=True)
 
 
-def read_items(path: Path) -> list[BundleItem]:
-    """Items of a bundle (path: the bundle folder or its items.jsonl)."""
+def read_items(path: Path) -> BundleItems:
+    """Items of a bundle (path: the bundle folder or its items.jsonl), validated."""
     path = Path(path)
     ipath = path / ITEMS_NAME if path.is_dir() else path
     if not ipath.is_file():
         raise BundleError(f"{ITEMS_NAME} not found: {ipath}")
-    rows, linenos = _item_rows(ipath)
-    items: list[BundleItem] = []
-    by_id: dict[str, int] = {}
-    by_tid: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        rows[index] = None  # each row freed as its item is made
-        lineno = linenos[index] if linenos is not None else index + 1
-        where = f"{ITEMS_NAME} line {lineno}"
-        if not isinstance(row, _Row):
-            raise BundleError(f"{where}: expected a JSON object")
-        if row.missing:
-            raise BundleError(f"{where}: missing field(s) {', '.join(row.missing)}")
-        item_id, textual_id, token_ids, text = row
-        if not isinstance(item_id, str) or not item_id:
-            raise BundleError(f"{where}: item_id must be a non-empty string")
-        if not isinstance(textual_id, str) or not textual_id:
-            raise BundleError(f"{where}: textual_id must be a non-empty string")
-        if not isinstance(text, str):
-            raise BundleError(f"{where}: text must be a string")
-        if (
-            not isinstance(token_ids, list)
-            or not token_ids
-            or set(map(type, token_ids)) != {int}
-            or min(token_ids) < 0
-        ):
-            raise BundleError(f"{where}: token_ids must be a non-empty list of non-negative integers")
-        if max(token_ids) < len(_TOKEN_INTS):  # one int object per token id, not one per occurrence
-            token_ids = list(map(_TOKEN_INTS.__getitem__, token_ids))
-        if item_id in by_id:
-            raise BundleError(f"{where}: duplicate item_id {item_id!r} (first on line {by_id[item_id]})")
-        if textual_id in by_tid:
-            raise BundleError(
-                f"{where}: duplicate textual_id {textual_id!r} (first on line {by_tid[textual_id]})"
-            )
-        by_id[item_id] = lineno
-        by_tid[textual_id] = lineno
-        items.append(BundleItem(item_id, textual_id, token_ids, text))
-    return items
+    return read_items_file(ipath)
 
 
-_TOKEN_INTS = tuple(range(1 << 16))  # shared int objects for the token ids of items.jsonl
-_ROW_FIELDS = ("item_id", "textual_id", "token_ids", "text")
-
-
-class _Row(tuple):
-    """A parsed items.jsonl object, as its four fields (a dict a row, a million at once, would
-    hold far more memory while the file is read); `missing` names the fields it lacks."""
-
-    missing: tuple[str, ...] = ()
-
-
-def _row_fields(obj: dict) -> _Row:
-    row = _Row((obj.get("item_id"), obj.get("textual_id"), obj.get("token_ids"), obj.get("text")))
-    if None in row:
-        row.missing = tuple(key for key in _ROW_FIELDS if key not in obj)
-    return row
-
-
-def _item_rows(ipath: Path) -> tuple[list, list[int] | None]:
-    """The parsed lines of items.jsonl and their line numbers (None: the i-th row is line i + 1).
-
-    A file without blank lines is parsed in one call, as one JSON array (a json.loads a line
-    costs several times more at a million items); otherwise, or when that fails, line by line,
-    so that an error names its line."""
-    data = ipath.read_text(encoding="utf-8").rstrip("\n")
-    if data:  # a blank line makes it invalid JSON (",,"): then line by line
-        try:
-            rows = json.loads("[" + data.replace("\n", ",") + "]", object_hook=_row_fields)
-        except json.JSONDecodeError:
-            rows = None
-        if rows is not None and len(rows) == data.count("\n") + 1:
-            return rows, None
-    rows, linenos = [], []
-    for lineno, line in enumerate(data.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line, object_hook=_row_fields))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{ITEMS_NAME} line {lineno}: not valid JSON: {exc}") from exc
-        linenos.append(lineno)
-    return rows, linenos
-
-
-def read_popularity(path: Path, manifest: dict, items: list[BundleItem]) -> list[tuple[str, int]] | None:
+def read_popularity(path: Path, manifest: dict, items: BundleItems) -> list[tuple[str, int]] | None:
     """The bundle's popularity list, as written (most interactions first); None when its manifest
     lists none (a bundle written before popularity lists). A malformed file, or one naming an item
     the bundle does not hold, is refused."""
@@ -523,7 +431,7 @@ def read_popularity(path: Path, manifest: dict, items: list[BundleItem]) -> list
         for row in rows
     ):
         raise BundleError(f'{POPULARITY_NAME}: expected {{"items": [[item_id, count > 0], ...]}}')
-    known = {item.item_id for item in items}
+    known = items.item_ids
     seen: set[str] = set()
     for item_id, _ in rows:
         if item_id not in known:
@@ -548,18 +456,20 @@ def load_bundle(path: Path, *, verify: bool = True) -> Bundle:
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     items = read_items(path)
     vocab = len(tokenizer)
-    for item in items:
-        if max(item.token_ids) >= vocab:
-            raise BundleError(
-                f"{ITEMS_NAME}: item {item.item_id!r} has token ids outside the tokenizer's "
-                f"vocabulary of {vocab}"
-            )
+    outside = first_token_over(items, vocab)
+    if outside is not None:
+        raise BundleError(
+            f"{ITEMS_NAME}: item {items.item_ids[outside]!r} has token ids outside the tokenizer's "
+            f"vocabulary of {vocab}"
+        )
     return Bundle(path=path, manifest=manifest, tokenizer=tokenizer, items=items,
                   popularity=read_popularity(path, manifest, items))
 
 
-def items_trie(items: list[BundleItem], eos_token_id: int) -> TextualIdTrie:
+def items_trie(items: Sequence[BundleItem], eos_token_id: int) -> TextualIdTrie:
     """The prefix trie over the items' textual IDs (their token_ids end with EOS)."""
     from .trie import TextualIdTrie
 
+    if isinstance(items, BundleItems):  # its packed columns, shared
+        return TextualIdTrie(items.item_ids, items.token_ids, eos_token_id)
     return TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)

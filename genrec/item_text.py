@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from .errors import ConfigError
 
@@ -45,12 +46,18 @@ def item_text_fields(text: str) -> dict[str, str]:
     label = None
     for part in text.split("; "):
         name, sep, value = part.partition(": ")
-        if sep and name.strip() and name == _collapse(name):
+        if sep and _is_label(name):
             label = name
             fields[label] = f"{fields[label]} {value}" if label in fields else value
         elif label is not None:
             fields[label] += f"; {part}"
     return fields
+
+
+@lru_cache(maxsize=4096)
+def _is_label(name: str) -> bool:
+    """Whether `name` may be a field label (cached: an item text's few labels recur in every item)."""
+    return bool(name.strip()) and name == _collapse(name)
 
 
 def flatten_item_text(metadata: Mapping[str, str], max_chars: int | None = None) -> str:

@@ -18,6 +18,8 @@ import marisa_trie
 import numpy as np
 import torch
 
+from .packed import GrowingStrings, PackedInts, PackedStrings
+
 _SURROGATE_START = 0xD800
 _SURROGATE_SHIFT = 0x800
 
@@ -482,9 +484,12 @@ def build_tables(sequences: Sequence[Sequence[int]], item_indices: Sequence[int]
             torch.zeros(0, dtype=torch.long),
             0,
         )
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
+    if isinstance(sequences, PackedInts):
+        lengths, flat = sequences.lengths, sequences.flat.astype(np.int64)
+    else:
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=n)
+        flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
     width = int(lengths.max())
-    flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
     present = np.arange(width)[None, :] < lengths[:, None]  # (n, width)
     mat = np.full((n, width), -1, dtype=np.int64)
     mat[present] = flat
@@ -528,6 +533,15 @@ def build_tables(sequences: Sequence[Sequence[int]], item_indices: Sequence[int]
     )
 
 
+def _encoded_keys(sequences: PackedInts) -> list[str]:
+    """`encode_key` of every sequence, with array operations: one character a token."""
+    flat = sequences.flat.astype(np.int64)
+    codes = np.where(flat < _SURROGATE_START, flat, flat + _SURROGATE_SHIFT).astype("<u4")
+    text = codes.tobytes().decode("utf-32-le")
+    bounds = sequences.offsets.tolist()
+    return [text[start:end] for start, end in zip(bounds, bounds[1:])]  # noqa: B905 - one shorter by design
+
+
 class TextualIdTrie:
     """All valid IDs of a catalog: marisa base + mutable overlay, with decoding tables.
 
@@ -542,21 +556,26 @@ class TextualIdTrie:
             raise ValueError("item_keys and sequences differ in length")
         self.eos_token_id = eos_token_id
         self._lock = threading.RLock()
-        self.item_keys: list[str] = list(item_keys)
-        self._index_of_key = {key: i for i, key in enumerate(self.item_keys)}
-        if len(self._index_of_key) != len(self.item_keys):
+        # Shared by the tries that number items alike (a catalog's folds set it to their
+        # predecessor's): an item's index in one is its index in the others.
+        self.numbering = object()
+        # The base items packed (genrec/packed.py), shared with a bundle's columns when given
+        # them: no str, tuple or dict entry an item.
+        base_keys = item_keys if isinstance(item_keys, PackedStrings) else PackedStrings(item_keys)
+        if not base_keys.distinct():
             raise ValueError("duplicate item keys")
-        self._sequences: list[tuple[int, ...]] = []
-        for tokens in sequences:
-            self._sequences.append(self._checked(tokens))
-        self._num_base = len(self._sequences)
-        keys = [encode_key(s) for s in self._sequences]
+        self.item_keys = GrowingStrings(base_keys)
+        self._base_sequences = self._checked_rows(sequences)
+        self._num_base = len(self._base_sequences)
+        self._added_index: dict[str, int] = {}  # key -> index of the items added after the base
+        self._added_sequences: list[tuple[int, ...]] = []
+        keys = _encoded_keys(self._base_sequences)
         self._base = marisa_trie.Trie(keys)
-        if len(self._base) != len(self._sequences):
+        if len(self._base) != self._num_base:
             raise ValueError("two items share one token sequence (textual IDs must be unique)")
         # marisa assigns its own key ids: map them to item indices.
         base = self._base
-        self._base_item = np.empty(len(self._sequences), dtype=np.int64)
+        self._base_item = np.empty(self._num_base, dtype=np.int32 if self._num_base < 2**31 else np.int64)
         self._base_item[np.fromiter((base[key] for key in keys), dtype=np.int64, count=len(keys))] = np.arange(
             len(keys), dtype=np.int64)
         del keys
@@ -577,8 +596,21 @@ class TextualIdTrie:
             raise ValueError(f"a trie key must be one or more tokens followed by a single EOS: {tokens}")
         return tokens
 
+    def _checked_rows(self, sequences: Sequence[Sequence[int]]) -> PackedInts:
+        """The base sequences packed, each checked as `_checked` does (with array operations
+        when they come packed; the first bad one, if any, raises through `_checked`)."""
+        if not isinstance(sequences, PackedInts):
+            return PackedInts.of([self._checked(tokens) for tokens in sequences])
+        lengths, flat = sequences.lengths, sequences.flat
+        ends = sequences.offsets[1:].astype(np.int64) - 1
+        if len(flat) and not ((lengths >= 2).all() and (flat[ends] == self.eos_token_id).all()
+                              and int((flat == self.eos_token_id).sum()) == len(lengths)):
+            for tokens in sequences:
+                self._checked(tokens)
+        return sequences
+
     def __len__(self) -> int:
-        return len(self.item_keys)
+        return self._num_base + len(self._added_sequences)
 
     @property
     def overlay_size(self) -> int:
@@ -589,10 +621,13 @@ class TextualIdTrie:
         return len(self._base.tobytes())
 
     def sequence(self, index: int) -> tuple[int, ...]:
-        return self._sequences[index]
+        if index < self._num_base:
+            return self._base_sequences[index]
+        return self._added_sequences[index - self._num_base]
 
     def index_of(self, item_key: str) -> int | None:
-        return self._index_of_key.get(item_key)
+        index = self.item_keys.base.position(item_key)
+        return index if index is not None else self._added_index.get(item_key)
 
     def find(self, tokens: Sequence[int]) -> int | None:
         """Item index whose key is exactly `tokens` (EOS included), or None."""
@@ -607,7 +642,7 @@ class TextualIdTrie:
         if tables is None:
             with self._lock:
                 if self._base_tables is None:
-                    self._base_tables = build_tables(self._sequences[: self._num_base], range(self._num_base))
+                    self._base_tables = build_tables(self._base_sequences, range(self._num_base))
                 tables = self._base_tables
         return tables
 
@@ -616,18 +651,18 @@ class TextualIdTrie:
         tokens = self._checked(tokens)
         base = self.base_tables()
         with self._lock:
-            existing = self._index_of_key.get(item_key)
+            existing = self.index_of(item_key)
             if existing is not None:
-                if self._sequences[existing] != tokens:
+                if self.sequence(existing) != tokens:
                     raise ValueError(f"item {item_key!r} already has another ID")
                 return existing
             if self.find(tokens) is not None:
                 raise ValueError(f"token sequence of {item_key!r} already belongs to another item")
-            index = len(self.item_keys)
+            index = len(self)
             self._insert_overlay(base, tokens, index)
             self.item_keys.append(item_key)
-            self._sequences.append(tokens)
-            self._index_of_key[item_key] = index
+            self._added_sequences.append(tokens)
+            self._added_index[item_key] = index
             self._overlay[encode_key(tokens)] = index
             self._tables = None
             return index

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from genrec.bundle import BundleItem
+from genrec.bundle import BundleItem, BundleItems
+from genrec.item_set import IndexedItems
 from genrec.item_text import (
     flatten_item_text,
     flatten_metadata,
@@ -40,9 +41,10 @@ class Catalog:
 
     def __init__(self, items: Sequence[BundleItem], eos_token_id: int):
         self.eos_token_id = eos_token_id
-        self._trie = TextualIdTrie([i.item_id for i in items], [i.token_ids for i in items], eos_token_id)
-        # The bundle's items are read through their trie index (which never changes): no
-        # per-item dictionaries of their textual IDs and texts beside the bundle's own list.
+        items = items if isinstance(items, BundleItems) else BundleItems.of(items)
+        # The trie shares the bundle's packed columns; the bundle's items are read through their
+        # trie index (which never changes), and the filter and title indexes number items by it.
+        self._trie = TextualIdTrie(items.item_ids, items.token_ids, eos_token_id)
         self._items = items
         self._num_bundle = len(items)
         self._minted_textual: dict[str, str] = {}  # textual IDs of the items added after the bundle's
@@ -51,10 +53,10 @@ class Catalog:
         # What request filters match and the title search, from one parse of each item text.
         self._filters = FilterIndex()
         titles = []
-        for item in items:
-            fields = item_text_fields(item.text)
-            self._filters.add_fields(item.item_id, fields)
-            titles.append((item.item_id, title_of_fields(fields, item.text)))
+        for number, text in enumerate(items.texts):
+            fields = item_text_fields(text)
+            self._filters.add_fields(number, fields)
+            titles.append(title_of_fields(fields, text))
         self._titles = TitleIndex(titles)
         del titles
         self._write_lock = threading.Lock()  # adds and the swap of a fold
@@ -79,11 +81,11 @@ class Catalog:
         index = self._trie.index_of(item_id)
         if index is None:
             return None
-        return self._items[index].textual_id if index < self._num_bundle else self._minted_textual.get(item_id)
+        return self._items.textual_ids[index] if index < self._num_bundle else self._minted_textual.get(item_id)
 
     def bundle_text(self, item_id: str) -> str | None:
         index = self._trie.index_of(item_id)
-        return self._items[index].text if index is not None and index < self._num_bundle else None
+        return self._items.texts[index] if index is not None and index < self._num_bundle else None
 
     def record(self, item_id: str) -> ItemRecord | None:
         """The whole record of a minted item, when this replica committed or read it."""
@@ -115,7 +117,8 @@ class Catalog:
 
     def search(self, query: str, limit: int) -> list[tuple[str, str]]:
         """(item id, title) of up to `limit` items whose titles match `query` (service/title_search.py)."""
-        return self._titles.search(query, limit)
+        keys = self._trie.item_keys
+        return [(keys[number], title) for number, title in self._titles.search(query, limit)]
 
     def unknown(self, item_ids: Iterable[str]) -> list[str]:
         """The ids (first occurrence order, no repeats) that the catalog does not hold."""
@@ -135,8 +138,9 @@ class Catalog:
                 self._trie.add(item_id, token_ids)
                 self._minted_textual[item_id] = textual_id
             if metadata:
-                self._filters.add(item_id, metadata)
-                self._titles.add(item_id, item_title(flatten_item_text(flatten_metadata(metadata))))
+                number = self._trie.index_of(item_id)
+                self._filters.add(number, metadata)
+                self._titles.add(number, item_title(flatten_item_text(flatten_metadata(metadata))))
             return known is None
 
     @property
@@ -149,10 +153,11 @@ class Catalog:
         with self._write_lock:
             return self._filters.unknown_fields(fields)
 
-    def matching(self, query: Mapping[str, Sequence[str]]) -> frozenset[str]:
-        """Ids of the items that qualify for a request's filter (a new set: the caller owns it)."""
+    def matching(self, query: Mapping[str, Sequence[str]]) -> IndexedItems:
+        """The items that qualify for a request's filter, a set of item ids held as their trie
+        indices (a new one: the caller owns it)."""
         with self._write_lock:
-            return self._filters.matching(query)
+            return IndexedItems(self._filters.matching(query), self._trie)
 
     def fold(self) -> bool:
         """Rebuilds the trie with the overlay folded into its marisa base; safe while decodes
@@ -170,6 +175,7 @@ class Catalog:
             # The slow part (marisa and the base decoding tables), outside the write lock:
             # adds and decodes go on against the old trie meanwhile.
             new = TextualIdTrie(keys, sequences, self.eos_token_id)
+            new.numbering = old.numbering  # the same indices
             new.base_tables()
             with self._write_lock:
                 for index in range(count, len(old)):  # adds made meanwhile: overlay edges only
@@ -199,9 +205,10 @@ class TextDigests:
     a prefix found is confirmed against the item's whole digest."""
 
     def __init__(self, items: Sequence[BundleItem], digest: Callable[[str], str]):
+        items = items if isinstance(items, BundleItems) else BundleItems.of(items)
         self._items = items
         self._digest = digest
-        prefixes = np.fromiter((int(digest(item.text)[:16], 16) for item in items), dtype=np.uint64,
+        prefixes = np.fromiter((int(digest(text)[:16], 16) for text in items.texts), dtype=np.uint64,
                                count=len(items))
         order = np.argsort(prefixes, kind="stable")
         self._prefixes = prefixes[order]
@@ -216,9 +223,9 @@ class TextDigests:
         lo = int(np.searchsorted(self._prefixes, key, side="left"))
         hi = int(np.searchsorted(self._prefixes, key, side="right"))
         for position in range(hi - 1, lo - 1, -1):
-            item = self._items[int(self._order[position])]
-            if self._digest(item.text) == digest:
-                return item.textual_id
+            index = int(self._order[position])
+            if self._digest(self._items.texts[index]) == digest:
+                return self._items.textual_ids[index]
         return default
 
 

@@ -17,6 +17,7 @@ import itertools
 import time
 import uuid
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
 from genrec.bundle import Bundle
@@ -37,7 +38,7 @@ class RecommendJob:
     exclude_history: bool
     user_id: str | None = None
     exclude_items: tuple[str, ...] = ()  # the request's exclude_items
-    allowed: frozenset[str] | None = None  # the items its filter lets through (None: no filter)
+    allowed: AbstractSet[str] | None = None  # the items its filter lets through (None: no filter)
 
     def query(self) -> Query:
         exclude = (*self.history, *self.exclude_items) if self.exclude_history else self.exclude_items

@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -488,7 +489,7 @@ class Generation:
         return UserEventsResponse(user_id=user_id,
                                   events=[StoredEvent(item_id=e.item_id, timestamp=e.timestamp) for e in events])
 
-    def _filtered(self, query: dict[str, list[str]] | None) -> frozenset[str] | None:
+    def _filtered(self, query: dict[str, list[str]] | None) -> AbstractSet[str] | None:
         """The items a request's filter lets through (None: no filter), from the catalog's filter
         index; 422 unknown_filter_field when a field is one no item has."""
         if query is None:

@@ -21,6 +21,8 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
+from genrec.packed import GrowingStrings, PackedStrings
+
 _WORD = re.compile(r"\w+")
 SCAN_COST = 2  # titles read in order for what merging costs per posting list
 
@@ -31,52 +33,64 @@ def title_words(text: str) -> list[str]:
 
 
 class TitleIndex:
-    """Item titles and the index over their words; adds are idempotent per item id."""
+    """Item titles and the index over their words; adds are idempotent per item.
 
-    def __init__(self, entries: Iterable[tuple[str, str]] = ()):
-        self._ids: list[str] = []
-        self._titles: list[str] = []
-        self._positions: dict[str, int] = {}
+    Items are numbered by the caller (the catalog: their trie index). The titles given at
+    construction are items 0, 1, ... in that order, packed in one buffer (genrec/packed.py); an
+    item added later takes the next position, whatever its number. Posting lists hold positions
+    as int32: 4 bytes an item a word."""
+
+    def __init__(self, titles: Iterable[str] = ()):
         self._postings: dict[str, array] = {}  # word -> positions of the titles holding it, ascending
-        for item_id, title in entries:
-            self._append(item_id, title)
+        self._positions: dict[int, int] = {}  # number -> position of the items added later
+        self._numbers: list[int] = []  # number of the item at each position after the first ones
+        base = []
+        for title in titles:
+            self._index_words(len(base), title)
+            base.append(title)
+        self._titles = GrowingStrings(PackedStrings(base))
+        del base
         self._words: list[str] = sorted(self._postings)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._titles)
 
-    def __contains__(self, item_id: str) -> bool:
-        return item_id in self._positions
+    def __contains__(self, number: int) -> bool:
+        return 0 <= number < len(self._titles.base) or number in self._positions
 
-    def title(self, item_id: str) -> str | None:
-        position = self._positions.get(item_id)
+    def title(self, number: int) -> str | None:
+        position = number if 0 <= number < len(self._titles.base) else self._positions.get(number)
         return None if position is None else self._titles[position]
 
-    def add(self, item_id: str, title: str) -> bool:
+    def add(self, number: int, title: str) -> bool:
         """Indexes an item's title; False when the item is indexed already."""
-        if item_id in self._positions:
+        if number in self:
             return False
-        for word in self._append(item_id, title):
+        position = len(self._titles)
+        self._titles.append(title)
+        self._positions[number] = position
+        self._numbers.append(number)
+        for word in self._index_words(position, title):
             insort(self._words, word)
         return True
 
-    def _append(self, item_id: str, title: str) -> list[str]:
-        """Adds the item at the next position; returns the words the index did not hold yet."""
-        position = len(self._ids)
-        self._ids.append(item_id)
-        self._titles.append(title)
-        self._positions[item_id] = position
+    def _number(self, position: int) -> int:
+        count = len(self._titles.base)
+        return position if position < count else self._numbers[position - count]
+
+    def _index_words(self, position: int, title: str) -> list[str]:
+        """Adds the title's words at `position`; returns the words the index did not hold yet."""
         new = []
         for word in dict.fromkeys(title_words(title)):
             postings = self._postings.get(word)
             if postings is None:
-                postings = self._postings[word] = array("q")
+                postings = self._postings[word] = array("i")
                 new.append(word)
             postings.append(position)
         return new
 
-    def search(self, query: str, limit: int) -> list[tuple[str, str]]:
-        """(item id, title) of the first `limit` items, in catalog order, whose titles have, for
+    def search(self, query: str, limit: int) -> list[tuple[int, str]]:
+        """(item number, title) of the first `limit` items, in catalog order, whose titles have, for
         every word of `query`, a word that begins with it. A query without words matches nothing."""
         prefixes = list(dict.fromkeys(title_words(query)))
         if not prefixes or limit < 1:
@@ -87,13 +101,13 @@ class TitleIndex:
         group, count = groups[driver], sizes[driver]
         if count == 0:
             return []
-        found: list[tuple[str, str]] = []
+        found: list[tuple[int, str]] = []
         # A short prefix (many words, many items) is found faster by reading the titles in order
         # than by merging its many posting lists: read them while that is expected to reach
         # `limit` items within what starting the merge would cost, then merge from there on.
         scanned = 0
-        if limit * len(self._ids) < SCAN_COST * len(group) * count:
-            scanned = min(len(self._ids), SCAN_COST * len(group))
+        if limit * len(self._titles) < SCAN_COST * len(group) * count:
+            scanned = min(len(self._titles), SCAN_COST * len(group))
             for position in range(scanned):
                 if self._matches(position, prefixes, found) and len(found) == limit:
                     return found
@@ -103,14 +117,14 @@ class TitleIndex:
                 break
         return found
 
-    def _matches(self, position: int, prefixes: list[str], found: list[tuple[str, str]]) -> bool:
+    def _matches(self, position: int, prefixes: list[str], found: list[tuple[int, str]]) -> bool:
         """Whether the title at `position` has a word beginning with each prefix (then added to `found`)."""
         title = self._titles[position]
         if prefixes:
             words = title_words(title)
             if not all(any(w.startswith(p) for w in words) for p in prefixes):
                 return False
-        found.append((self._ids[position], title))
+        found.append((self._number(position), title))
         return True
 
     def _postings_of(self, prefix: str) -> list[array]:

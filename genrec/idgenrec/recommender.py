@@ -4,6 +4,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 from ..beam_search import constrained_beam_search, reference_generate_topk
 from ..errors import UnknownItemError
+from ..item_set import IndexedItems
 from ..method import Recommendation
 from ..trie import TextualIdTrie
 from .prompts import TEST_TEMPLATE, PromptRenderer
@@ -42,6 +43,8 @@ class IdGenRecRecommender:
 
     def _indices(self, items: Iterable[str]) -> list[int]:
         """The trie indices of the known items among `items`, sorted (unknown ones are skipped)."""
+        if isinstance(items, IndexedItems) and (known := items.indices_in(self.trie)) is not None:
+            return known
         indices = (self.trie.index_of(item) for item in items)
         return sorted(i for i in indices if i is not None)
 

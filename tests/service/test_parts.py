@@ -138,7 +138,7 @@ def _items(n: int, offset: int = 0) -> list[BundleItem]:
 def test_catalog_fold_keeps_indices_and_items():
     catalog = Catalog(_items(30), EOS)
     for item in _items(5, offset=30):
-        assert catalog.add(item.item_id, item.textual_id, item.token_ids)
+        assert catalog.add(item.item_id, item.textual_id, item.token_ids, {"tag": "late" if item.item_id != "i30" else ""})
     assert not catalog.add("i31", "w31", _items(1, offset=31)[0].token_ids)  # idempotent
     with pytest.raises(ValueError):
         catalog.add("i31", "other", [7, EOS])
@@ -147,6 +147,8 @@ def test_catalog_fold_keeps_indices_and_items():
     assert catalog.fold() and catalog.folds == 1
     new = catalog.trie
     assert new is not old and new.overlay_size == 0 and len(new) == 35
+    late = catalog.matching({"tag": ["late"]})  # a filter's items, held as trie indices, valid in the fold
+    assert late == {"i31", "i32", "i33", "i34"} and late.indices_in(new) == [31, 32, 33, 34]
     for index, item in enumerate(_items(35)):
         assert new.index_of(item.item_id) == index == old.index_of(item.item_id)
         assert new.find(item.token_ids) == index

@@ -120,15 +120,18 @@ def test_index_agrees_with_brute_force_and_learns_titles_later():
     vocabulary += [f"w{n}" for n in range(80)] * 2
     titles = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 4))) for _ in range(400)]
     half = len(titles) // 2
-    index = TitleIndex((f"i{n}", t) for n, t in enumerate(titles[:half]))
-    for n in range(half, len(titles)):
-        assert index.add(f"i{n}", titles[n])
-    assert not index.add("i0", "something else") and index.title("i0") == titles[0]
+    index = TitleIndex(titles[:half])  # items 0 .. half - 1
+    for n in reversed(range(half, len(titles))):  # added later: positions in the order added
+        assert index.add(n, titles[n])
+    assert not index.add(0, "something else") and index.title(0) == titles[0]
+    assert not index.add(half, "something else") and index.title(half) == titles[half]
+    order = [*range(half), *reversed(range(half, len(titles)))]
     queries = ["st", "star wa", "wa st", "ÉT", "a", "an x", "197", "WONDER", "zzz", "st zzz", "s s", "trek 1977 a",
                "w", "w1", "w7 st", "w 1977", "a w", "w1 w7", "w2 w5"]
     for query in queries:
         for limit in (1, 7, 1000):
-            expected = [(f"i{n}", titles[n]) for n in brute_force(titles, query)][:limit]
+            in_order = [titles[n] for n in order]
+            expected = [(order[p], in_order[p]) for p in brute_force(in_order, query)][:limit]
             assert index.search(query, limit) == expected, (query, limit)
 
 
