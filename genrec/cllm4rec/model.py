@@ -450,13 +450,16 @@ class Cllm4RecRecommender:
     def scores(self, histories: Sequence[Sequence[str]], users: Sequence[str | None] | None = None) -> torch.Tensor:
         users = list(users) if users is not None else [None] * len(histories)
         device = model_device(self.model)
+        score = self._next_item_scores if self.objective == "next_item" else self._masked_scores
         with self.autocast(device) if self.autocast is not None else contextlib.nullcontext():
-            if self.objective == "next_item":
-                return self._next_item_scores(histories, users, device).float()
-            prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
-                       for u, h in zip(users, histories, strict=True)]
-            enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
-            return self.model.score_items(enc_ids, enc_mask).float()
+            return score(histories, users, device).float()
+
+    def _masked_scores(self, histories, users, device) -> torch.Tensor:
+        """The paper's prompt: the history's items in the encoder, one decoder step."""
+        prompts = [recommend_prompt(self.model, self.pieces, u, h, self.max_history)
+                   for u, h in zip(users, histories, strict=True)]
+        enc_ids, enc_mask = pad_batch(prompts, self.pieces.pad, device=device)
+        return self.model.score_items(enc_ids, enc_mask)
 
     def _next_item_scores(self, histories, users, device) -> torch.Tensor:
         """The next item after each user's collaborative document (its latest known items)."""

@@ -184,9 +184,7 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     def next_item_loss(model_, chunk):
         return doc_loss(model_, collab_batch(model_, pieces, chunk), "collab", cfg.reg_lambda)[0]
 
-    def loss(model_, chunk):
-        if cfg.objective == "next_item":
-            return next_item_loss(model_, chunk)
+    def masked_loss(model_, chunk):
         batch = finetune_batch(model_, pieces, chunk, cfg.max_prompt_items)
         value = multinomial_loss(model_.score_items(batch.enc_ids, batch.enc_mask), batch.targets)
         if cfg.reg_lambda:
@@ -214,6 +212,7 @@ def finetune(model: Cllm4RecModel, pieces: PromptPieces, train_items: dict[str, 
     def prompt_items(example) -> int:  # what a prompt's (or a document's) length grows with
         return min(len(example[1]), cfg.max_prompt_items + 1)
 
+    loss = next_item_loss if cfg.objective == "next_item" else masked_loss
     fit(model, epochs=cfg.finetune_epochs, examples=examples, collate=list, loss=loss, batch_size=cfg.batch_size,
         lr=cfg.finetune_lr, weight_decay=cfg.weight_decay, decay=False, grad_clip=cfg.grad_clip, shuffle=False,
         distributed=False, length=prompt_items if cfg.length_grouped else None, after_epoch=after_epoch,
