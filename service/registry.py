@@ -74,29 +74,34 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 # Seeds a chunk of bundle items in one call: per item, claim its ID (NX) and write its hash if
-# absent. KEYS: tid, item of each item in turn; ARGV: created_at, then item_id, textual_id,
-# token_ids, text of each item. Returns per item 1 when written, 0 when already there, -1 when
-# the ID belongs to another item. (One script a chunk, not one an item: at a million items the
-# script text sent and run per item was most of the seeding time.)
+# absent. KEYS: tid, item of each item in turn; ARGV: created_at, then the chunk's columns as one
+# JSON array [item ids, textual ids, token ids (each already a JSON text), texts]. Returns
+# {written, already there, {the chunk positions (1-based) of the items whose ID belongs to
+# another item}}. One script a chunk, not one an item (the script text sent and run per item
+# was most of the time), one argument a chunk, not four an item, and three numbers back, not
+# one an item: at a million items, encoding the arguments and parsing a reply per item were
+# most of the service's seeding CPU.
 _SEED = """
-local out = {}
+local columns = cjson.decode(ARGV[2])
+local ids, tids, tokens, texts = columns[1], columns[2], columns[3], columns[4]
+local written, present, conflicts = 0, 0, {}
 for i = 1, #KEYS / 2 do
-  local tid, key, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 2
+  local tid, key, id = KEYS[2 * i - 1], KEYS[2 * i], ids[i]
   local owner = redis.call('GET', tid)
-  if owner and owner ~= ARGV[a] then
-    out[i] = -1
+  if owner and owner ~= id then
+    conflicts[#conflicts + 1] = i
   else
-    if not owner then redis.call('SET', tid, ARGV[a]) end
+    if not owner then redis.call('SET', tid, id) end
     if redis.call('EXISTS', key) == 1 then
-      out[i] = 0
+      present = present + 1
     else
-      redis.call('HSET', key, 'textual_id', ARGV[a + 1], 'token_ids', ARGV[a + 2], 'text', ARGV[a + 3],
+      redis.call('HSET', key, 'textual_id', tids[i], 'token_ids', tokens[i], 'text', texts[i],
                  'metadata', '', 'created_at', ARGV[1], 'source', 'bundle')
-      out[i] = 1
+      written = written + 1
     end
   end
 end
-return out
+return {written, present, conflicts}
 """
 # A write in the catalog's slot for WAIT to wait on (KEYS: confirm; ARGV: replica).
 _CONFIRM = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', 3600)"
@@ -346,36 +351,50 @@ class Registry:
     # ------------------------------------------------------------------ seeding and loading
 
     async def seed(self, items: Sequence[BundleItem], created_at: str, digest: str, chunk: int = 500,
-                   in_flight: int = 4) -> dict:
+                   in_flight: int = 4, pipelines: int = 3) -> dict:
         """Writes the bundle's items (idempotent, NX); skipped when this bundle was seeded before.
-        One script call a chunk of items, `in_flight` chunks to a pipeline (one round trip)."""
+        One script call a chunk of items, `in_flight` chunks to a pipeline (one round trip), and
+        up to `pipelines` pipelines on the wire at once: the next one is built (Python, this
+        process) while Redis runs the previous (its own process, the other core)."""
         if await self.aio.get(self.seeded_key) == digest:
             return {"written": 0, "present": len(items), "conflicts": 0, "skipped": True}
-        written = present = conflicts = 0
-        step = chunk * in_flight
-        for start in range(0, len(items), step):
-            pipe = self.aio.pipeline(transaction=False)
-            batches = [items[at : at + chunk] for at in range(start, min(start + step, len(items)), chunk)]
-            for batch in batches:
-                keys: list[str] = []
-                args: list[str] = [created_at]
-                for item in batch:
-                    keys += (self.tid_key(item.textual_id), self.item_key(item.item_id))
-                    args += (item.item_id, item.textual_id, json.dumps(item.token_ids), item.text)
-                pipe.eval(_SEED, len(keys), *keys, *args)
-            replies = await pipe.execute()
-            for batch, results in zip(batches, replies, strict=True):
-                for item, result in zip(batch, results, strict=True):
-                    if result == 1:
-                        written += 1
-                    elif result == 0:
-                        present += 1
-                    else:
-                        conflicts += 1
-                        log.warning("bundle item %r: its textual ID %r belongs to another item in Redis",
-                                    item.item_id, item.textual_id)
+        counts = {"written": 0, "present": 0, "conflicts": 0}
+        pending: set[asyncio.Task] = set()
+        try:
+            for start in range(0, len(items), chunk * in_flight):
+                batches = [items[at : at + chunk]
+                           for at in range(start, min(start + chunk * in_flight, len(items)), chunk)]
+                pending.add(asyncio.ensure_future(self._seed_round(batches, created_at, counts)))
+                if len(pending) >= pipelines:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+            for task in asyncio.as_completed(pending):
+                await task
+        finally:
+            for task in pending:
+                task.cancel()
         await self.aio.set(self.seeded_key, digest)
-        return {"written": written, "present": present, "conflicts": conflicts, "skipped": False}
+        return {**counts, "skipped": False}
+
+    async def _seed_round(self, batches: list[Sequence[BundleItem]], created_at: str, counts: dict) -> None:
+        """One pipelined round trip of seeding scripts, one a batch; adds their outcome to `counts`."""
+        pipe = self.aio.pipeline(transaction=False)
+        for batch in batches:
+            keys: list[str] = []
+            for item in batch:
+                keys += (self.tid_key(item.textual_id), self.item_key(item.item_id))
+            columns = ([item.item_id for item in batch], [item.textual_id for item in batch],
+                       [json.dumps(item.token_ids) for item in batch], [item.text for item in batch])
+            pipe.eval(_SEED, len(keys), *keys, created_at, json.dumps(columns, ensure_ascii=False))
+        for batch, (written, present, conflicts) in zip(batches, await pipe.execute(), strict=True):
+            counts["written"] += written
+            counts["present"] += present
+            counts["conflicts"] += len(conflicts)
+            for position in conflicts:
+                item = batch[position - 1]
+                log.warning("bundle item %r: its textual ID %r belongs to another item in Redis",
+                            item.item_id, item.textual_id)
 
     async def read_events(self, after: str = "0-0", count: int = 500, block_ms: int | None = None) -> list[MintedEvent]:
         """Stream entries after `after`; with block_ms, waits that long for the first one."""
