@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,7 +24,7 @@ import pytest
 
 import service.generation
 from service.app import create_app
-from service.embedded_redis import free_port
+from service.ports import ATTEMPTS, address_in_use, free_port, retry_on_taken_port
 
 from .conftest import assert_error
 from .redis_server import registry_contents
@@ -49,7 +48,6 @@ def cli_env(redis_url: str, catalog: str, **extra: str) -> dict[str, str]:
     return env
 
 
-ADDRESS_IN_USE = re.compile(r"address already in use", re.IGNORECASE)  # uvicorn's bind failure
 # How long a real `genrec-serve` may take to become ready: loading a bundle took over 60 s on a
 # loaded machine (the 60 s once used made test_the_real_cli_serves_an_item_table_bundle flaky).
 READY_TIMEOUT_S = 180.0
@@ -87,17 +85,12 @@ class CliService:
             )
         return self
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, attempts: int = 5) -> list[int]:
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S, attempts: int = ATTEMPTS) -> list[int]:
         """`wait_until_ready`, on another port while the service exits because its port was taken."""
-        for attempt in range(1, attempts + 1):
-            try:
-                return wait_until_ready(self.process, self.base_url, self.log, timeout_s)
-            except AssertionError:
-                lost_port = self.process.poll() is not None and ADDRESS_IN_USE.search(self.log.read_text())
-                if not lost_port or attempt == attempts:
-                    raise
-                self.launch()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return retry_on_taken_port(
+            lambda: wait_until_ready(self.process, self.base_url, self.log, timeout_s),
+            lambda: self.process.poll() is not None and address_in_use(self.log.read_text()),
+            self.launch, attempts)
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
