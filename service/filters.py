@@ -27,21 +27,18 @@ import numpy as np
 from genrec.bundle import BundleItem
 from genrec.item_text import field_label, flatten_metadata, item_text_fields
 
-from .word_characters import fold, word_character
+from .word_characters import fold, word_finder
 
 _SEPARATORS = re.compile(r"[\s_]+")
 
 
-@lru_cache(maxsize=1)
-def _word() -> re.Pattern:
-    """Word characters joined by single apostrophes or hyphens (schemas.FILTER_WORD's language)."""
-    char = word_character()
-    return re.compile(f"{char}+(?:['’-]{char}+)*")
+# Word characters joined by single apostrophes or hyphens (schemas.FILTER_WORD's language).
+_find_words = word_finder(lambda char: f"{char}+(?:['’-]{char}+)*")
 
 
 def words(text: str) -> set[str]:
     """The whole words of a text, folded."""
-    return set(_word().findall(fold(text)))
+    return set(_find_words(fold(text)))
 
 
 @lru_cache(maxsize=4096)

@@ -24,7 +24,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from .word_characters import BMP_END, JOINERS, NON_WORD_CATEGORIES, category_class
+from .word_characters import BMP_NON_WORD_CHARACTERS
 
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
 # no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
@@ -47,7 +47,7 @@ WORD_SEPARATORS = (r"\u0000-\u002f\u003a-\u0040\u005b-\u005e\u0060\u007b-\u00bf\
 # it is the filter index's word character exactly, so a word the index holds can be asked, and a
 # word asked is one the index can hold unless it has a character beyond the BMP that is no word
 # character (an emoji: the index splits words there).
-NON_WORD_CHARACTERS = category_class(NON_WORD_CATEGORIES, but=JOINERS, end=BMP_END)
+NON_WORD_CHARACTERS = BMP_NON_WORD_CHARACTERS
 NO_CONTROL_CHARACTERS = f"^[^{CONTROL_CHARACTERS}]*$"
 BLANK = f"^[{WHITESPACE}]*$"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")

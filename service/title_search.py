@@ -15,29 +15,25 @@ into the sorted list.
 from __future__ import annotations
 
 import heapq
-import re
 from array import array
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
 from itertools import islice
 
 from genrec.packed import GrowingStrings, PackedStrings
 
-from .word_characters import fold, word_character
+from .word_characters import fold, word_finder
 
 SCAN_COST = 2  # titles read in order for what merging costs per posting list
 
 
-@lru_cache(maxsize=1)
-def _word() -> re.Pattern:
-    return re.compile(f"{word_character()}+")
+_find_words = word_finder(lambda char: f"{char}+")
 
 
 def title_words(text: str) -> list[str]:
     """The words search compares: runs of word characters (letters with their combining marks,
     digits: service/word_characters.py), NFKC-normalised and case-folded, as the filters' are."""
-    return _word().findall(fold(text))
+    return _find_words(fold(text))
 
 
 class TitleIndex:

@@ -9,7 +9,9 @@ accepted whole, and could never match.
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections.abc import Callable
 from functools import lru_cache
 
 # Not word characters: controls and formats (but JOINERS), private use, punctuation (but
@@ -46,9 +48,32 @@ def _escape(code: int) -> str:
     return f"\\u{code:04x}" if code < BMP_END else f"\\U{code:08x}"
 
 
+# The BMP's non-word characters (as \uXXXX ranges: the request's pattern spells its class with
+# them, service/schemas.py), and a class exact for any text within the BMP: one bitmap look-up
+# a character, where the class over all of Unicode checks hundreds of ranges beyond the BMP.
+BMP_NON_WORD_CHARACTERS = category_class(NON_WORD_CATEGORIES, but=JOINERS, end=BMP_END)
+_BMP_WORD_CHARACTER = f"[^{BMP_NON_WORD_CHARACTERS}]"
+
+
 @lru_cache(maxsize=1)
 def word_character() -> str:
     """A character class (Python's re) of a word character, over all of Unicode; built once, when
     first asked for, as reading the Unicode data takes a while."""
     return f"[^{category_class(NON_WORD_CATEGORIES, but=JOINERS)}]"
 
+
+def word_finder(pattern_of: Callable[[str], str]) -> Callable[[str], list[str]]:
+    """`findall` of the pattern that `pattern_of` makes of a word-character class: a text within
+    the BMP (nearly all) is read with the BMP's class, three times faster, one with a character
+    beyond it with the class over all of Unicode (compiled when first needed)."""
+    bmp = re.compile(pattern_of(_BMP_WORD_CHARACTER))
+
+    @lru_cache(maxsize=1)
+    def full() -> re.Pattern:
+        return re.compile(pattern_of(word_character()))
+
+    def findall(text: str) -> list[str]:
+        within_bmp = text.isascii() or max(text) <= "\uffff"  # isascii: a flag, no scan
+        return (bmp if within_bmp else full()).findall(text)
+
+    return findall

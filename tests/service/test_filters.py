@@ -82,6 +82,8 @@ def test_words_and_field_names():
     # Combining marks belong to their words (Python's \\w would split हिन्दी into ह, न, द); NFKC
     # composes a decomposed accent.
     assert words("हिन्दी ภาษาไทย ภูมิศาสตร์ Cafe\u0301") == {"हिन्दी", "ภาษาไทย", "ภูมิศาสตร์", "caf\u00e9"}
+    # Beyond the BMP too: an emoji separates words, a Brahmi vowel sign (Mc) is part of its word.
+    assert words("rock\U0001f3b8pop \U00011013\U00011038") == {"rock", "pop", "\U00011013\U00011038"}
     assert field_name("Genres") == field_name("genres") == "genres"
     assert field_name("movie_title") == "title"  # the item text's label (ml-100k)
     assert field_name("Release Date") == field_name("release_date") == "release_date"
