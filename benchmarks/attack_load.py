@@ -42,9 +42,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from service.embedded_redis import start_redis_server
+
 from .common import (
     Server,
-    free_port,
     parser,
     percentile,
     plot_path,
@@ -286,21 +287,14 @@ async def mint_burst(url: str, catalog: list[str], metadata, count: int, seconds
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
-        try:
-            with redis.Redis.from_url(url, socket_timeout=0.5) as client:
-                client.ping()
-            return process, url
-        except redis.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+    """The benchmark's own redis-server (no persistence), on a free port: started again on
+    another if the port is taken before it binds (service/embedded_redis.py)."""
+    redis_server = shutil.which("redis-server") or "redis-server"
+    process, port = start_redis_server(
+        lambda port: [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                      "--dir", str(folder)],
+        folder / "redis.log")
+    return process, f"redis://127.0.0.1:{port}/0"
 
 
 def run_config(name: str, args, catalog: list[str]) -> dict:

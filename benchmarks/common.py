@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from service.ports import address_in_use, free_port, retry_on_taken_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,12 +104,6 @@ def pyplot():
 # --------------------------------------------------------------------------- the service as a process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def redis_url(requested: str | None) -> str | None:
     """The given URL, else a local Redis on db 15 when one answers, else None (embedded)."""
     import redis
@@ -137,14 +132,14 @@ def clean_keys(url: str | None, catalog: str) -> int:
 
 class Server:
     """`python -m service.cli` on a free loopback port, configured by environment variables
-    (service/settings.py), with its output in `log_path`."""
+    (service/settings.py), with its output in `log_path`. Uvicorn binds the port only once the
+    bundle is loaded: if another process took it meanwhile, `wait_ready` starts the service again
+    on another port (service/ports.py), so read `url` after `wait_ready`."""
 
     def __init__(self, bundle: Path, env: dict[str, str], log_path: Path, root: Path | None = None):
         """`root`: another checkout of the project to run the service from (e.g. an older
         commit, to measure before and after with the same client); default this one."""
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full = {
+        self.env = {
             **os.environ,
             **env,
             "GENREC_BUNDLE": str(bundle),
@@ -153,27 +148,38 @@ class Server:
             "GENREC_ALLOW_ANONYMOUS_WRITES": env.get("GENREC_ALLOW_ANONYMOUS_WRITES", "true"),
         }
         if root is not None:
-            full["PYTHONPATH"] = str(root)
+            self.env["PYTHONPATH"] = str(root)
+        self.root = root
         self.log = open(log_path, "w")
+        self.proc: subprocess.Popen | None = None
+        self.launch()
+
+    def launch(self) -> None:
+        """Starts the service on a port picked now (stopping the one started before, if running);
+        its output goes on in the log, from `log_offset`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log.flush()
+        self.log_offset = self.log.tell()
+        self.launched_at = time.perf_counter()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
-            env=full,
-            cwd=root or REPO_ROOT,
+            [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "warning"],
+            env=self.env,
+            cwd=self.root or REPO_ROOT,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, timeout_s: float = 120.0, poll_s: float = 0.5) -> None:
+        """Until /readyz answers 200, within `timeout_s` a start; started again on another port
+        while the service exits because its port was taken."""
+        retry_on_taken_port(lambda: self._wait_ready(timeout_s, poll_s), self.lost_port, self.launch)
+
+    def _wait_ready(self, timeout_s: float, poll_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -183,8 +189,17 @@ class Server:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(poll_s)
         raise RuntimeError(f"the service did not become ready in {timeout_s:.0f} s: {self.log_tail()}")
+
+    def lost_port(self) -> bool:
+        """Whether the service exited because its port was taken after it was picked."""
+        if self.proc.poll() is None:
+            return False
+        self.log.flush()
+        with open(self.log.name, "rb") as log:
+            log.seek(self.log_offset)
+            return address_in_use(log.read().decode("utf-8", "replace"))
 
     def log_tail(self, chars: int = 2000) -> str:
         self.log.flush()

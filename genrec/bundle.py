@@ -3,7 +3,9 @@
 Layout (docs/design.md, "The bundle")::
 
     manifest.json   format_version, kind, created_at, dataset, config, id_stats, metrics,
-                    files: {relative posix path: sha256} of every other file
+                    environment (python, platform, packages: the versions it was written
+                    with; bundles written before it have none), files: {relative posix path:
+                    sha256} of every other file
     tokenizer/      Hugging Face tokenizer files
     items.jsonl     one item a line: item_id, textual_id, token_ids, text
     popularity.json the training interactions per item, most first (bundles written before it
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bundle_items import ITEMS_NAME, BundleItem, BundleItems, first_token_over, read_items_file
 from .config import TrainConfig, config_from_dict
+from .environment import environment
 from .errors import BundleError, ConfigError
 from .registry import kinds
 
@@ -254,6 +257,7 @@ def write_bundle(
             "config": config,
             "id_stats": id_stats,
             "metrics": metrics,
+            "environment": environment(),
             "files": _checksums(tmp),
         }
         _write_manifest(tmp, manifest)  # last: a folder without it is not a bundle

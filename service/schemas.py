@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import operator
 import re
-import unicodedata
 from functools import reduce
 from typing import Annotated, Literal
 
@@ -25,6 +24,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from .word_characters import BMP_NON_WORD_CHARACTERS
+
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
 # no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
 # numbers, integers or not, keep within it.
@@ -39,31 +40,14 @@ WHITESPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u
 # punctuation and spaces of Latin-1, of General Punctuation, of CJK and of fullwidth ASCII.
 WORD_SEPARATORS = (r"\u0000-\u002f\u003a-\u0040\u005b-\u005e\u0060\u007b-\u00bf\u2000-\u206f\u3000-\u303f"
                    r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65")
-
-
-def _bmp_class(categories: set[str], but: str = "") -> str:
-    """The body of a character class of the BMP code points of these Unicode categories (less
-    `but`, and never a surrogate), as \\uXXXX ranges: one spelling for ECMA-262 and Python."""
-    ranges: list[list[int]] = []
-    for code in range(0x10000):
-        char = chr(code)
-        if unicodedata.category(char) in categories and char not in but:
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1][1] = code
-            else:
-                ranges.append([code, code])
-    return "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges)
-
-
-# What is not a word character of a filter word: controls and formats (but the zero-width
-# (non-)joiners, which join letters), private use, punctuation (but connectors such as `_`),
-# symbols and separators. So a word character is a letter, a mark, a digit or other number, or
-# a connector (Unicode's word characters, UTS #18, and Python's \w, which leaves marks out), or
-# one Python's Unicode data does not know yet. Spelled as the complement within the BMP: a
-# character beyond it is a word character in every reading (to ECMA-262 without the u flag, both
-# halves of its surrogate pair are).
-NON_WORD_CHARACTERS = _bmp_class({"Cc", "Cf", "Co", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So",
-                                  "Zs", "Zl", "Zp"}, but="\u200c\u200d")
+# What is not a word character of a filter word (service/word_characters.py: controls and formats
+# but the zero-width joiners, private use, punctuation but connectors, symbols and separators),
+# spelled as the complement within the BMP: a character beyond it is a word character in every
+# reading (to ECMA-262 without the u flag, both halves of its surrogate pair are). Within the BMP
+# it is the filter index's word character exactly, so a word the index holds can be asked, and a
+# word asked is one the index can hold unless it has a character beyond the BMP that is no word
+# character (an emoji: the index splits words there).
+NON_WORD_CHARACTERS = BMP_NON_WORD_CHARACTERS
 NO_CONTROL_CHARACTERS = f"^[^{CONTROL_CHARACTERS}]*$"
 BLANK = f"^[{WHITESPACE}]*$"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
@@ -192,8 +176,8 @@ def _one_word(value: str) -> str:
     """FILTER_WORD, checked by Python's re: pydantic's own engine reads a pattern's classes with
     Unicode tables of its own, and would print the whole class in its error."""
     if not _FILTER_WORD.fullmatch(value):
-        raise ValueError("must be one whole word: letters, digits and underscores, which may be joined by single "
-                         "apostrophes or hyphens")
+        raise ValueError("must be one whole word: letters (marks included), digits and underscores, which may be "
+                         "joined by single apostrophes or hyphens")
     return value
 
 

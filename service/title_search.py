@@ -15,7 +15,6 @@ into the sorted list.
 from __future__ import annotations
 
 import heapq
-import re
 from array import array
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
@@ -23,13 +22,18 @@ from itertools import islice
 
 from genrec.packed import GrowingStrings, PackedStrings
 
-_WORD = re.compile(r"\w+")
+from .word_characters import fold, word_finder
+
 SCAN_COST = 2  # titles read in order for what merging costs per posting list
 
 
+_find_words = word_finder(lambda char: f"{char}+")
+
+
 def title_words(text: str) -> list[str]:
-    """The words search compares: runs of letters and digits, case-folded."""
-    return _WORD.findall(text.casefold())
+    """The words search compares: runs of word characters (letters with their combining marks,
+    digits: service/word_characters.py), NFKC-normalised and case-folded, as the filters' are."""
+    return _find_words(fold(text))
 
 
 class TitleIndex:
@@ -128,11 +132,12 @@ class TitleIndex:
         return True
 
     def _postings_of(self, prefix: str) -> list[array]:
-        """The posting lists of every indexed word that begins with `prefix` (no word holds
-        U+10FFFF, which is not a word character)."""
+        """The posting lists of every indexed word that begins with `prefix`."""
         words = self._words
         start = bisect_left(words, prefix)
         end = bisect_left(words, prefix + "\U0010ffff", start)
+        while end < len(words) and words[end].startswith(prefix):  # U+10FFFF (unassigned) follows the prefix
+            end += 1
         postings = self._postings
         return [postings[w] for w in words[start:end]]
 

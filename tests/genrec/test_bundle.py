@@ -15,6 +15,7 @@ from genrec.bundle import (
     verify_bundle,
     write_bundle,
 )
+from genrec.environment import environment, package_versions
 from genrec.errors import BundleError
 from genrec.idgenrec.method import IdGenRec
 from genrec.idgenrec.prompts import prompt_corpus
@@ -333,6 +334,37 @@ def test_popularity_round_trip_most_first_without_zero_counts(tmp_path, tokenize
     path = _write(tmp_path / "b", tokenizer, models, items, popularity={"I2": 3, "I0": 5, "I1": 3, "I3": 0})
     verify_bundle(path)  # popularity.json is checksummed like every file
     assert load_bundle(path).popularity == [("I0", 5), ("I1", 3), ("I2", 3)]
+
+
+def test_the_manifest_records_the_environment_it_was_written_in(bundle):
+    """Python, the platform and the versions of the libraries that shape a trained model, as
+    installed (a model's quality moved between two installs that differed in these)."""
+    import platform
+
+    import numpy
+    import tokenizers
+    import transformers
+
+    env = read_manifest(bundle)["environment"]
+    assert env["python"] == platform.python_version() and env["platform"] == platform.platform()
+    packages = env["packages"]
+    assert packages["torch"] == torch.__version__ and packages["transformers"] == transformers.__version__
+    assert packages["tokenizers"] == tokenizers.__version__ and packages["numpy"] == numpy.__version__
+    assert {"safetensors", "marisa-trie", "genrec"} <= packages.keys()
+
+
+def test_a_package_that_is_not_installed_is_left_out():
+    assert package_versions(("numpy", "no-such-package-of-genrec")).keys() == {"numpy"}
+    assert set(environment()) == {"python", "platform", "packages"}
+
+
+def test_a_bundle_written_before_the_environment_was_recorded_loads(bundle, items):
+    manifest = read_manifest(bundle)
+    del manifest["environment"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    verify_bundle(bundle)
+    loaded = load_bundle(bundle)
+    assert "environment" not in loaded.manifest and loaded.items == items
 
 
 def test_a_bundle_written_without_popularity_has_none(bundle):

@@ -79,6 +79,11 @@ def test_words_and_field_names():
     assert words("title: Toy Story (1995)") == {"title", "toy", "story", "1995"}
     assert words("Children's Sci-Fi rock/pop  FILM-Noir") == {"children's", "sci-fi", "rock", "pop", "film-noir"}
     assert words("ＣＯＭＥＤＹ Straße") == {"comedy", "strasse"}  # NFKC, case-folded
+    # Combining marks belong to their words (Python's \\w would split हिन्दी into ह, न, द); NFKC
+    # composes a decomposed accent.
+    assert words("हिन्दी ภาษาไทย ภูมิศาสตร์ Cafe\u0301") == {"हिन्दी", "ภาษาไทย", "ภูมิศาสตร์", "caf\u00e9"}
+    # Beyond the BMP too: an emoji separates words, a Brahmi vowel sign (Mc) is part of its word.
+    assert words("rock\U0001f3b8pop \U00011013\U00011038") == {"rock", "pop", "\U00011013\U00011038"}
     assert field_name("Genres") == field_name("genres") == "genres"
     assert field_name("movie_title") == "title"  # the item text's label (ml-100k)
     assert field_name("Release Date") == field_name("release_date") == "release_date"
@@ -201,6 +206,20 @@ async def test_minted_items_are_filterable_at_once_on_every_replica(make_setting
         assert [i["item_id"] for i in await recommend(b, history=["m1"], k=5, filter={"brand": ["toy"]})] == ["new-1"]
     async with serve(settings) as (_app_c, c):  # reads the stream at start
         assert [i["item_id"] for i in await recommend(c, history=["m1"], k=5, filter={"genres": ["night"]})] == ["new-1"]
+
+
+async def test_words_with_combining_marks_match_whole(make_settings):
+    """An item whose text holds words of scripts with combining marks (Devanagari, Thai) and a
+    Latin word with a combining accent is found by a filter with each of those words, and not by
+    the pieces Python's \\w would have cut them into."""
+    new = {"item_id": "new-marks", "metadata": {"title": "Cafe\u0301 हिन्दी", "genres": "ภาษาไทย ภูมิศาสตร์"}}
+    async with serve(make_settings()) as (_app, client):
+        assert (await client.post("/v1/items", json=new)).status_code == 201
+        for query in ({"title": ["हिन्दी"]}, {"title": ["cafe\u0301"]}, {"title": ["CAF\u00c9"]},
+                      {"genres": ["ภาษาไทย"]}, {"genres": ["ภูมิศาสตร์"]}):
+            assert [i["item_id"] for i in await recommend(client, history=["m1"], k=5, filter=query)] == ["new-marks"]
+        for query in ({"title": ["ह"]}, {"title": ["cafe"]}, {"genres": ["ภ"]}):
+            assert await recommend(client, history=["m1"], k=5, filter=query) == []
 
 
 async def test_minted_items_of_item_table_bundles_match_but_are_not_recommended(make_settings, sasrec_bundle_path):  # noqa: F811

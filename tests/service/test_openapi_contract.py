@@ -28,6 +28,7 @@ from service.schemas import (
     FilterWord,
     words_at_most,
 )
+from service.word_characters import word_character
 
 from .conftest import assert_error, serve
 from .redis_server import registry_contents
@@ -223,15 +224,20 @@ def test_the_character_classes_mean_what_python_means():
 
 def test_the_word_characters_are_what_schemas_says():
     """A filter word's characters: every code point but controls and formats (the zero-width
-    joiners excepted), private use, punctuation but connectors, symbols and separators; every
-    character of a word of the filter index (Python's \\w) is one, so any word it holds can be asked."""
+    joiners excepted), private use, punctuation but connectors, symbols and separators. Within the
+    BMP they are exactly the filter index's word characters (combining marks included, which
+    Python's \\w leaves out), so any word it holds can be asked and any word asked can be held;
+    beyond it the document's pattern admits every character (ECMA-262 reads surrogate halves)."""
     word = re.compile(f"[^{NON_WORD_CHARACTERS}]")
+    in_index = re.compile(word_character())
     non_word = {"Cc", "Cf", "Co", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp"}
     for code in range(0x110000):
         char = chr(code)
-        expected = code > 0xFFFF or char in "\u200c\u200d" or unicodedata.category(char) not in non_word
-        assert bool(word.match(char)) == expected, hex(code)
-        assert not re.match(r"\w", char) or word.match(char), hex(code)
+        is_word = char in "\u200c\u200d" or unicodedata.category(char) not in non_word
+        assert bool(word.match(char)) == (code > 0xFFFF or is_word), hex(code)
+        assert bool(in_index.match(char)) == is_word, hex(code)
+        assert not re.match(r"\w", char) or in_index.match(char), hex(code)
+    assert all(in_index.match(mark) for mark in "\u0301\u093f\u094d\u0e39\u20dd\U00011046")  # Mn, Mc, Me
 
 
 WORD_PIECES = st.sampled_from(["a", "Z", "\u00e9", "\u0301", "_", "7", "\u00bd", "-", "'", "\u2019", " ", "\u00a0",

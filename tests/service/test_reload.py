@@ -458,7 +458,7 @@ def test_rolling_upgrade_of_two_replicas_under_load(bundle_path, dataset, redis_
     began = time.monotonic()
     with CliService(current, env, logs[0]) as s0, CliService(current, env, logs[1]) as s1:
         for service in (s0, s1):
-            service.wait_ready(timeout_s=120)
+            service.wait_ready()
         urls, p1 = [s0.base_url, s1.base_url], s1.process
         old_catalog = httpx.get(f"{urls[0]}/readyz").json()["serving"]["catalog"]
         report = asyncio.run(_loop(urls, p1, current, v1, bad, redis_url, old_catalog, env, tmp_path))

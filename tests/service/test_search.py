@@ -135,6 +135,21 @@ def test_index_agrees_with_brute_force_and_learns_titles_later():
             assert index.search(query, limit) == expected, (query, limit)
 
 
+def test_words_keep_their_combining_marks():
+    """A word's combining marks are part of it (Python's \\w would split हिन्दी into ह, न, द), a
+    decomposed accent finds the composed one (NFKC), and a word holding U+10FFFF (unassigned, so a
+    word character) is still found by its prefix."""
+    assert title_words("हिन्दी ภูมิศาสตร์ Cafe\u0301") == ["हिन्दी", "ภูมิศาสตร์", "caf\u00e9"]
+    titles = ["हिन्दी फ़िल्म", "Caf\u00e9 Noir", "ภูมิศาสตร์ ไทย", "a\U0010ffffb", "हिरन"]
+    index = TitleIndex(titles)
+    assert index.search("हिन्", 10) == [(0, titles[0])]
+    assert index.search("हि", 10) == [(0, titles[0]), (4, titles[4])]
+    assert index.search("cafe\u0301", 10) == [(1, titles[1])]
+    assert index.search("ภูมิ", 10) == [(2, titles[2])]
+    assert index.search("a", 10) == [(3, titles[3])]
+    assert index.search("ह न", 10) == []  # the pieces \\w made are no words
+
+
 def test_catalog_indexes_an_item_learned_without_its_metadata_once_it_comes():
     catalog = Catalog([], eos_token_id=1)
     assert catalog.add("q-1", "quiet robot", [5, 6, 1])  # an events entry without metadata

@@ -1,15 +1,18 @@
 """The serve_load benchmark's own parts on a real service (uvicorn subprocess, real Redis): the
-raw keep-alive client reads 200s and error bodies on one connection, and `drive` counts the
-requests, the errors and the server's batches from its /metrics."""
+service launcher moves to another port when its pick was taken, the raw keep-alive client reads
+200s and error bodies on one connection, and `drive` counts the requests, the errors and the
+server's batches from its /metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import httpx
 import pytest
 
+import benchmarks.common
 from benchmarks.common import Server
 from benchmarks.raw_http import KeepAliveConnection
 from benchmarks.serve_load import drive, server_stats
@@ -25,6 +28,29 @@ def server(bundle_path, redis_url, catalog_name, tmp_path):
         yield running
     finally:
         running.stop()
+
+
+def test_the_launcher_moves_to_another_port_when_its_pick_was_taken(bundle_path, redis_url, catalog_name,
+                                                                   tmp_path, monkeypatch):
+    """The port Server picked is taken before uvicorn binds it (a busy machine): the service
+    exits saying the address is in use, and `wait_ready` starts it again on another port."""
+    real, picked = benchmarks.common.free_port, []
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        monkeypatch.setattr(benchmarks.common, "free_port",
+                            lambda: picked.append(real() if picked else taken) or picked[-1])
+        running = Server(bundle_path, {"REDIS_URL": redis_url, "GENREC_CATALOG": catalog_name},
+                         tmp_path / "server.log")
+        try:
+            running.wait_ready()
+            assert picked[0] == taken and running.port == picked[-1] != taken and len(picked) == 2
+            assert running.url == f"http://127.0.0.1:{running.port}"
+            assert httpx.get(f"{running.url}/readyz", timeout=10).status_code == 200
+            assert "address already in use" in running.log_tail(100_000)  # the first start's, kept in the log
+        finally:
+            running.stop()
 
 
 @pytest.mark.slow
