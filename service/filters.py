@@ -9,7 +9,7 @@ write lock, so an item is filterable as soon as it is recommendable, on every re
 The language, as docs/api.md ("Filters") states it: a field matches when its value holds one
 of the filter's words as a whole word (case-insensitive); every field must match. A word is a
 run of word characters (letters with their combining marks, digits, underscores:
-service/word_characters.py), which may be joined by single apostrophes or hyphens
+genrec/word_characters.py), which may be joined by single apostrophes or hyphens
 (`children's`, `sci-fi`); so `(1995)` holds the word `1995`, `rock/pop` the words `rock` and
 `pop`, and `हिन्दी` is one word. Field names are the item text's labels (ml-100k's `movie_title` is `title`), matched
 case-insensitively, with spaces and underscores alike.
@@ -26,8 +26,7 @@ import numpy as np
 
 from genrec.bundle import BundleItem
 from genrec.item_text import field_label, flatten_metadata, item_text_fields
-
-from .word_characters import fold, word_finder
+from genrec.word_characters import fold, word_finder
 
 _SEPARATORS = re.compile(r"[\s_]+")
 

@@ -24,7 +24,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from .word_characters import BMP_NON_WORD_CHARACTERS
+from genrec.word_characters import BMP_NON_WORD_CHARACTERS
 
 # Integers a JSON client (JavaScript's doubles included) reads back exactly; a longer digit run is
 # no metadata anyone needs, and Python refuses to print integers past 4300 digits. Metadata
@@ -40,7 +40,7 @@ WHITESPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u
 # punctuation and spaces of Latin-1, of General Punctuation, of CJK and of fullwidth ASCII.
 WORD_SEPARATORS = (r"\u0000-\u002f\u003a-\u0040\u005b-\u005e\u0060\u007b-\u00bf\u2000-\u206f\u3000-\u303f"
                    r"\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65")
-# What is not a word character of a filter word (service/word_characters.py: controls and formats
+# What is not a word character of a filter word (genrec/word_characters.py: controls and formats
 # but the zero-width joiners, private use, punctuation but connectors, symbols and separators),
 # spelled as the complement within the BMP: a character beyond it is a word character in every
 # reading (to ECMA-262 without the u flag, both halves of its surrogate pair are). Within the BMP

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from genrec.word_characters import word_character
 from service.app import create_app
 from service.schemas import (
     CONTROL_CHARACTERS,
@@ -28,7 +29,6 @@ from service.schemas import (
     FilterWord,
     words_at_most,
 )
-from service.word_characters import word_character
 
 from .conftest import assert_error, serve
 from .redis_server import registry_contents

@@ -1,10 +1,13 @@
-"""What a word character is, by Unicode category: one definition for the words the filter index
-splits an item's text into (service/filters.py), the filter words a request may ask for
+"""What a word character is, by Unicode category: one definition for every place that splits
+text into words. In the library and training: the words of textual IDs (genrec/textual_ids.py),
+the keyword IDs the ID generator is warmed up on (training/keywords.py) and the content
+baseline's words (training/baselines.py). In the service: the words the filter index splits an
+item's text into (service/filters.py), the filter words a request may ask for
 (service/schemas.py) and the title search's words (service/title_search.py).
 
 Python's `\\w` is not it: it leaves out combining marks (Mn, Mc, Me), so `हिन्दी` was split into
-`ह`, `न` and `द` in the index while a request's filter word, whose pattern keeps marks, was
-accepted whole, and could never match.
+`ह`, `न` and `द`: in the filter index, while a request's filter word, whose pattern keeps marks,
+was accepted whole and could never match; and in minted textual IDs, made of those pieces.
 """
 
 from __future__ import annotations
