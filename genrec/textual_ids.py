@@ -1,7 +1,8 @@
-"""Textual item IDs: normalisation (lower case, `\\w+` words joined by one space, never
-empty), the round-trip check every ID passes, the caps every ID keeps to, numeric-suffix IDs,
-and title-word IDs for the methods that have no ID generator (CLLM4Rec, SASRec). IDGenRec's
-generator-made IDs are in genrec.idgenrec.minting.
+"""Textual item IDs: normalisation (NFKC, lower case, words joined by one space, never empty;
+a word is a run of word characters, letters with their combining marks included:
+genrec/word_characters.py), the round-trip check every ID passes, the caps every ID keeps to,
+numeric-suffix IDs, and title-word IDs for the methods that have no ID generator (CLLM4Rec,
+SASRec). IDGenRec's generator-made IDs are in genrec.idgenrec.minting.
 
 The caps (`MAX_ID_WORDS`, `MAX_ID_TOKENS`, `MAX_ID_WORD_CHARS`) hold on every path that makes an
 ID, in training and in the service alike: `canonical_id` refuses a candidate over them, and the
@@ -10,7 +11,6 @@ fit. An ID's tokens are the depth of its trie path and the length of its Redis k
 metadata must never make a long one (docs/design.md, "Minting").
 """
 
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .errors import IdExhaustedError
 from .tokenization import encode_text
-
-_WORD = re.compile(r"\w+", re.UNICODE)
+from .word_characters import find_words
 
 # Far above what real IDs use (IDGenRec's generator stops at min_length + extra_length tokens,
 # 21 with the default MintConfig; ml-100k's longest metadata word has 15 characters).
@@ -31,8 +30,10 @@ SUFFIX_TOKENS = 8  # room `id_base` leaves for a numeric suffix (" 100000" and t
 
 
 def normalize_textual_id(text: str) -> str:
-    """Canonical form of a candidate ID; '' means the candidate is not a valid ID."""
-    return " ".join(_WORD.findall(unicodedata.normalize("NFKC", text).lower()))
+    """Canonical form of a candidate ID; '' means the candidate is not a valid ID. Its words are
+    not Python's `\\w+`, which cut `हिन्दी` into `ह न द`; IDs minted while they were keep those
+    pieces, as stored IDs never change."""
+    return " ".join(find_words(unicodedata.normalize("NFKC", text).lower()))
 
 
 def id_words(textual_id: str) -> list[str]:

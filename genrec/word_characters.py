@@ -80,3 +80,8 @@ def word_finder(pattern_of: Callable[[str], str]) -> Callable[[str], list[str]]:
         return (bmp if within_bmp else full()).findall(text)
 
     return findall
+
+
+# The words of a text: its runs of word characters. Textual IDs, keyword IDs, the content
+# baseline and the title search split text with it (the filters add apostrophes and hyphens).
+find_words = word_finder(lambda char: f"{char}+")

@@ -21,18 +21,15 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 
 from genrec.packed import GrowingStrings, PackedStrings
-from genrec.word_characters import fold, word_finder
+from genrec.word_characters import find_words, fold
 
 SCAN_COST = 2  # titles read in order for what merging costs per posting list
-
-
-_find_words = word_finder(lambda char: f"{char}+")
 
 
 def title_words(text: str) -> list[str]:
     """The words search compares: runs of word characters (letters with their combining marks,
     digits: genrec/word_characters.py), NFKC-normalised and case-folded, as the filters' are."""
-    return _find_words(fold(text))
+    return find_words(fold(text))
 
 
 class TitleIndex:

@@ -19,7 +19,6 @@ stays cheap for catalogs far larger than ml-100k.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -27,10 +26,9 @@ import numpy as np
 
 from genrec.method import Query, Recommendation
 from genrec.popular import popularity_ranking, top_unseen
+from genrec.word_characters import find_words
 
 from .data import SplitData
-
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def visible_counts(split: SplitData, which: str) -> Counter[str]:
@@ -97,7 +95,7 @@ class ContentTfIdf:
         self.item_ids = list(texts)
         self.index = {item: i for i, item in enumerate(self.item_ids)}
         self.recent = recent
-        counts = [Counter(_WORD.findall(texts[item].lower())) for item in self.item_ids]
+        counts = [Counter(find_words(texts[item].lower())) for item in self.item_ids]
         df = Counter(word for c in counts for word in c)
         n = len(self.item_ids)
         idf = {w: math.log((1 + n) / (1 + d)) + 1.0 for w, d in df.items()}

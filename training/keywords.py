@@ -6,7 +6,6 @@ fields with the highest TF-IDF over the catalog.
 """
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -16,7 +15,6 @@ from genrec.textual_ids import normalize_textual_id
 STOP_WORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were with".split()
 )
-_WORD = re.compile(r"\w+")
 
 
 def _words(text: str) -> list[str]:

@@ -208,3 +208,32 @@ def test_unrestricted_minting(model, tokenizer):
     claim = SetClaim()
     minted, _ = mint_ids(model, tokenizer, TEXTS[:8], claim, config)
     assert_valid(minted, tokenizer, claim)
+
+
+# A catalog in Hindi: its words carry combining marks (vowel signs, virama, nukta), which
+# Python's \w left out, so IDs were made of broken letters (`हिन्दी` -> `ह न द`).
+HINDI_VALUES = ["हिन्दी फ़िल्म नाटक", "तमिल फ़िल्म संगीत", "पुरानी कहानी प्रेम", "नई दुनिया युद्ध"]
+HINDI_TEXTS = [f"title: {' '.join(v.split()[:2])}; genre: {v.split()[2]}" for v in HINDI_VALUES]
+
+
+@pytest.fixture(scope="module")
+def hindi_tokenizer():
+    return train_tokenizer(HINDI_TEXTS + ["0 1 2 3 4 5 6 7 8 9"] + prompt_corpus(), vocab_size=200)
+
+
+def test_hindi_words_round_trip_whole(hindi_tokenizer):
+    text, tokens = canonical_id(hindi_tokenizer, "हिन्दी फ़िल्म")
+    assert text == "हिन्दी फ़िल्म"
+    assert hindi_tokenizer.decode(tokens, skip_special_tokens=True) == "हिन्दी फ़िल्म"
+    constraint = item_word_constraint(hindi_tokenizer, "हिन्दी फ़िल्म")
+    assert constraint.complete == {tuple(encode_text(hindi_tokenizer, w)) for w in ("हिन्दी", "फ़िल्म")}
+
+
+def test_hindi_item_ids_are_made_of_whole_words(hindi_tokenizer):
+    model = build_t5(TINY, hindi_tokenizer, seed=5).eval()
+    claim = SetClaim()
+    minted, _ = mint_ids(model, hindi_tokenizer, HINDI_TEXTS, claim, SMALL, vocabulary_texts=HINDI_VALUES)
+    assert_valid(minted, hindi_tokenizer, claim)
+    for m, values in zip(minted, HINDI_VALUES, strict=True):
+        words = m.textual_id.split(" ")[:-1] if m.suffixed else m.textual_id.split(" ")
+        assert words and set(words) <= set(values.split(" ")), (m.textual_id, values)

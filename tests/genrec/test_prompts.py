@@ -1,6 +1,11 @@
 """genrec/prompts.py (PromptRenderer) and genrec/textual_ids.py."""
 
+import re
+import unicodedata
+
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from genrec.idgenrec.prompts import (
     HISTORY_SEPARATOR,
@@ -93,7 +98,7 @@ def test_oldest_items_dropped_when_too_long(tokenizer):
         ("Toy Story", "toy story"),
         ("  toy   STORY  ", "toy story"),
         ("toy-story: animation!", "toy story animation"),
-        ("Toy_Story", "toy_story"),  # \w includes the underscore
+        ("Toy_Story", "toy_story"),  # a connector (the underscore) is a word character
         ("l'été 1995", "l été 1995"),
         ("Ｔｏｙ　Ｓｔｏｒｙ", "toy story"),  # NFKC: full-width letters and space
         ("ÉCOLE", "école"),
@@ -105,6 +110,40 @@ def test_oldest_items_dropped_when_too_long(tokenizer):
 def test_normalize_textual_id(raw, expected):
     assert normalize_textual_id(raw) == expected
     assert normalize_textual_id(expected) == expected  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected", "pieces"),
+    [
+        ("हिन्दी फ़िल्म", "हिन्दी फ़िल्म", "ह न द फ ल म"),  # Devanagari vowel signs, virama, nukta
+        ("\u095e\u093f\u0932\u094d\u092e", "फ़िल्म", "फ ल म"),  # NFKC: फ़ as one code point
+        ("ภูมิศาสตร์ ไทย", "ภูมิศาสตร์ ไทย", "ภ ม ศาสตร ไทย"),  # Thai vowel and tone marks
+        ("তামিল বাংলা", "তামিল বাংলা", "ত ম ল ব ল"),  # Bengali
+        ("தமிழ் திரைப்படம்", "தமிழ் திரைப்படம்", "தம ழ த ர ப படம"),  # Tamil
+        ("می\u200cخواهم", "می\u200cخواهم", "می خواهم"),  # Persian: a zero-width non-joiner within a word
+    ],
+)
+def test_words_keep_their_combining_marks(raw, expected, pieces):
+    """An ID's words are whole words: Python's \\w, which IDs were once split with, leaves out
+    combining marks and the joiners, and cut these words into the broken `pieces`."""
+    assert " ".join(re.findall(r"\w+", unicodedata.normalize("NFKC", raw).lower())) == pieces
+    assert normalize_textual_id(raw) == expected
+    assert normalize_textual_id(expected) == expected
+
+
+# Every character but marks, connectors other than the underscore, the joiners and unassigned
+# code points: where Python's \w and a word character agree.
+NO_MARKS = st.text(st.characters(exclude_categories=("Mn", "Mc", "Me", "Pc", "Cn", "Cs"),
+                                 exclude_characters="\u200c\u200d") | st.just("_"))
+
+
+@given(NO_MARKS)
+def test_text_without_marks_splits_as_it_did(text):
+    """The IDs, keywords and content words of such text (all of ml-100k's) are those `\\w+` made."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    assume(not re.search(r"[\u200c\u200d]", folded))
+    assume(all(unicodedata.category(c) not in {"Mn", "Mc", "Me", "Pc", "Cn"} or c == "_" for c in folded))
+    assert normalize_textual_id(text) == " ".join(re.findall(r"\w+", folded))
 
 
 def test_id_words():

@@ -68,6 +68,14 @@ def test_popularity_and_content_baselines():
     assert scores[content.index["c"]] == pytest.approx(0.0, abs=1e-9) or scores[content.index["c"]] < scores[content.index["b"]]
 
 
+def test_content_words_keep_their_combining_marks():
+    """`हिन्दी` and `हिन्द` are two words; Python's \\w cut both into ह न द, one vector for both."""
+    content = ContentTfIdf({"a": "title: हिन्दी", "b": "title: हिन्द", "c": "title: ภูมิศาสตร์"})
+    assert set(content.vectors[content.index["a"]]) == {"title", "हिन्दी"}
+    assert set(content.vectors[content.index["c"]]) == {"title", "ภูมิศาสตร์"}
+    assert content.scores(["a"])[content.index["b"]] < 0.5  # only "title" in common
+
+
 def test_transitions_follow_the_latest_item_then_popularity():
     ranker = Transitions([["a", "b", "c"], ["a", "b"], ["a", "c"], ["d", "a"]], Counter("abcabacda"))
     (row,) = ranker.recommend([Query(history=["d", "a"], exclude=["d", "a"])], 3)

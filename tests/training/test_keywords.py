@@ -72,3 +72,9 @@ def test_empty_metadata_gets_a_non_empty_target():
     )
     assert all(targets)
     assert targets[2] == "real title"
+
+
+def test_words_with_combining_marks_stay_whole():
+    """Hindi words keep their vowel signs and viramas (Python's \\w split `हिन्दी` into ह न द)."""
+    catalog = [{"title": "हिन्दी फ़िल्म", "genres": "नाटक संगीत"}, {"title": "तमिल फ़िल्म", "genres": "नाटक"}]
+    assert keyword_targets(catalog, keyword_count=3) == ["हिन्दी फ़िल्म संगीत", "तमिल फ़िल्म नाटक"]
