@@ -160,4 +160,4 @@ def test_the_real_cli_serves_an_item_table_bundle(table_bundle, redis_url, catal
             created = client.post("/v1/items", json={"item_id": "fresh", "metadata": {"title": "Brand New Film"}})
             assert created.status_code == 201 and created.json()["recommendable"] is False
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log.read_text()
+        assert process.wait(timeout=60) == 0, log.read_text()
