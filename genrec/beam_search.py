@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .int_arrays import complement
 from .t5_decoding import BeamDecoder, start_tokens
 from .tensors import pad_batch
 from .trie import TextualIdTrie, TrieTables
@@ -64,18 +66,37 @@ class _Pruning:
     @classmethod
     def of(cls, tables: TrieTables, requests: int, exclude: Sequence[Sequence[int]] | None,
            allowed: Sequence[Sequence[int] | None] | None, device) -> "_Pruning | None":
-        limits = [allowed[r] if allowed and r < len(allowed) else None for r in range(requests)]
-        banned = [set(exclude[r]) if exclude and r < len(exclude) else set() for r in range(requests)]
+        """The pruning of each request, built from the smaller side: a request allowed most of
+        the catalog (a broad filter) prunes the dead nodes of the items it may not get, which
+        leaves it the same nodes as the live paths of its allowed items at a fraction of the
+        work (a filter letting 880k of 1M items through spent 0.35 s walking their paths)."""
+        num_items = tables.num_items
+        dead_items: list[np.ndarray] = []
+        live_items: list[np.ndarray | None] = []
+        for r in range(requests):
+            banned = np.asarray(exclude[r] if exclude and r < len(exclude) else (), dtype=np.int64)
+            limit = allowed[r] if allowed and r < len(allowed) else None
+            if limit is None:
+                dead_items.append(banned)
+                live_items.append(None)
+                continue
+            limit = np.asarray(limit, dtype=np.int64)
+            if 2 * len(limit) > num_items:
+                known = limit[(limit >= 0) & (limit < num_items)]
+                dead_items.append(np.concatenate([complement(known, num_items), banned]))
+                live_items.append(None)
+            else:
+                dead_items.append(banned[:0])
+                live_items.append(limit[~np.isin(limit, banned)] if banned.size else limit)
         dead = live = limited = None
-        if any(b and limit is None for b, limit in zip(banned, limits, strict=True)):
-            keys = tables.dead_node_keys([sorted(b) if limit is None else [] for b, limit in
-                                          zip(banned, limits, strict=True)])
+        if any(items.size for items in dead_items):
+            keys = tables.dead_node_keys(dead_items)
             dead = torch.from_numpy(keys).to(device) if keys.size else None
-        if any(limit is not None for limit in limits):
-            keys = tables.live_node_keys([[] if limit is None else [i for i in limit if i not in b]
-                                          for b, limit in zip(banned, limits, strict=True)])
+        if any(items is not None for items in live_items):
+            keys = tables.live_node_keys([np.zeros(0, dtype=np.int64) if items is None else items
+                                          for items in live_items])
             live = torch.from_numpy(keys).to(device)
-            limited = torch.tensor([limit is not None for limit in limits], device=device)
+            limited = torch.tensor([items is not None for items in live_items], device=device)
         return None if dead is None and live is None else cls(dead, live, limited)
 
     def banned(self, keys: torch.Tensor, requests: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class IndexedItems(Set[str]):
 
     __hash__ = Set._hash
 
-    def indices_in(self, trie: TextualIdTrie) -> list[int] | None:
-        """The indices, sorted, when `trie` numbers items as the one they came from; else None."""
-        return self.indices.tolist() if trie.numbering is self.numbering else None
+    def indices_in(self, trie: TextualIdTrie) -> np.ndarray | None:
+        """The indices (the array itself: a broad filter's may hold most of a million), sorted,
+        when `trie` numbers items as the one they came from; else None."""
+        return self.indices if trie.numbering is self.numbering else None

@@ -18,6 +18,7 @@ import marisa_trie
 import numpy as np
 import torch
 
+from .int_arrays import sorted_unique, unique_inverse
 from .packed import GrowingStrings, PackedInts, PackedStrings
 
 _SURROGATE_START = 0xD800
@@ -109,6 +110,11 @@ class TrieTables:
     @property
     def num_nodes(self) -> int:
         return self.num_base_nodes + (self.overlay.num_nodes if self.overlay is not None else 0)
+
+    @property
+    def num_items(self) -> int:
+        """Items numbered by these tables (base and overlay): indices run from 0 to this."""
+        return int(self.base_item_leaf.numel()) + (int(self.overlay.item_leaf.numel()) if self.overlay is not None else 0)
 
     def nbytes(self) -> int:
         """Bytes held by the tables' tensors."""
@@ -313,11 +319,9 @@ class TrieTables:
         (children die at different rounds when IDs have different lengths, so partial counts
         carry over between rounds)."""
         num_nodes = self.num_nodes
-        requests = np.repeat(np.arange(len(items_per_request), dtype=np.int64),
-                             [len(items) for items in items_per_request])
-        items = np.fromiter((i for group in items_per_request for i in group), dtype=np.int64, count=requests.size)
+        requests, items = _flat_requests(items_per_request)
         leaves = self.leaves_of_items(items)
-        frontier = np.unique(requests[leaves > 0] * num_nodes + leaves[leaves > 0])
+        frontier = sorted_unique(requests[leaves > 0] * num_nodes + leaves[leaves > 0])
         dead = [frontier]
         pending_keys = np.empty(0, dtype=np.int64)  # parents with some, not all, children dead
         pending_counts = np.empty(0, dtype=np.int64)
@@ -327,13 +331,13 @@ class TrieTables:
             keep = parents > 0
             keys = np.concatenate([pending_keys, request[keep] * num_nodes + parents[keep]])
             weights = np.concatenate([pending_counts, np.ones(int(keep.sum()), dtype=np.int64)])
-            keys, inverse = np.unique(keys, return_inverse=True)
+            keys, inverse = unique_inverse(keys)
             totals = np.bincount(inverse, weights=weights, minlength=keys.size).astype(np.int64)
             full = totals == self._num_children(keys % num_nodes)
             pending_keys, pending_counts = keys[~full], totals[~full]
             frontier = keys[full]
             dead.append(frontier)
-        return np.sort(np.concatenate(dead))
+        return np.sort(np.concatenate(dead), kind="stable")  # sorted runs, one a round: merged, not re-sorted
 
     def live_node_keys(self, items_per_request: "Sequence[Sequence[int]]") -> np.ndarray:
         """The nodes on the paths of each request's items (root excluded), as sorted keys
@@ -342,19 +346,17 @@ class TrieTables:
         catalog's size: what a narrow filter on a large catalog needs, where the dead nodes of
         its complement would cost O(catalog)."""
         num_nodes = self.num_nodes
-        requests = np.repeat(np.arange(len(items_per_request), dtype=np.int64),
-                             [len(items) for items in items_per_request])
-        items = np.fromiter(itertools.chain.from_iterable(items_per_request), dtype=np.int64, count=requests.size)
+        requests, items = _flat_requests(items_per_request)
         leaves = self.leaves_of_items(items)
-        frontier = _sorted_unique(requests[leaves > 0] * num_nodes + leaves[leaves > 0])
+        frontier = sorted_unique(requests[leaves > 0] * num_nodes + leaves[leaves > 0])
         live = [frontier]
         while frontier.size:
             request, node = np.divmod(frontier, num_nodes)
             parents = self._parents(node)
             keep = parents > 0
-            frontier = _sorted_unique(request[keep] * num_nodes + parents[keep])
+            frontier = sorted_unique(request[keep] * num_nodes + parents[keep])
             live.append(frontier)
-        return _sorted_unique(np.concatenate(live))
+        return sorted_unique(np.concatenate(live))
 
     def _parents(self, nodes: np.ndarray) -> np.ndarray:
         nb = self.num_base_nodes
@@ -433,11 +435,14 @@ class TrieTables:
         return self._merged_csr[2]
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """np.unique of integers by a sort: several times faster than numpy 2's hashing unique (and
-    a stable sort is near linear on the mostly sorted keys the trie walks produce)."""
-    values = np.sort(values, kind="stable")
-    return values[np.concatenate(([True], values[1:] != values[:-1]))] if values.size else values
+def _flat_requests(items_per_request: "Sequence[Sequence[int]]") -> tuple[np.ndarray, np.ndarray]:
+    """(request of each item, the items) of per-request item lists or arrays, as two flat int64
+    arrays (arrays are joined as they are, not read item by item)."""
+    groups = [np.asarray(items, dtype=np.int64) for items in items_per_request]
+    if not groups:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    requests = np.repeat(np.arange(len(groups), dtype=np.int64), [group.size for group in groups])
+    return requests, np.concatenate(groups)
 
 
 def _padded(starts, counts, tokens, children):
@@ -710,7 +715,9 @@ class TextualIdTrie:
     def _snapshot(self, base: TrieTables) -> TrieTables:
         edges = sorted((node, token, child) for (node, token), child in self._ov_edges.items())
         arr = np.array(edges, dtype=np.int64).reshape(-1, 3)
-        src, starts = np.unique(arr[:, 0], return_index=True)
+        nodes = arr[:, 0]  # sorted: the first edge of each source node starts its run
+        starts = np.flatnonzero(np.concatenate(([True], nodes[1:] != nodes[:-1]))) if len(nodes) else nodes
+        src = nodes[starts]
         overlay = OverlayTables(
             first_node=base.num_base_nodes,
             first_item=self._num_base,

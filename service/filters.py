@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from genrec.bundle import BundleItem
+from genrec.int_arrays import union
 from genrec.item_text import field_label, flatten_metadata, item_text_fields
 from genrec.word_characters import fold, word_finder
 
@@ -107,7 +108,8 @@ class FilterIndex:
         of ORs)."""
         result: np.ndarray | None = None
         for field, values in sorted(query.items(), key=lambda kv: self._size(*kv)):  # the smallest first
-            found = _union(self._postings(field, values))
+            found = union([np.frombuffer(p, dtype=np.int32) for p in self._postings(field, values)],
+                          len(self._indexed))
             result = found if result is None else np.intersect1d(result, found, assume_unique=True)
             if not len(result):
                 break
@@ -119,10 +121,3 @@ class FilterIndex:
 
     def _size(self, field: str, values: Sequence[str]) -> int:
         return sum(map(len, self._postings(field, values)))
-
-
-def _union(postings: list[array]) -> np.ndarray:
-    """The numbers in any of the posting lists, ascending, each once (a new array)."""
-    if not postings:
-        return np.zeros(0, dtype=np.int32)
-    return np.unique(np.concatenate([np.frombuffer(p, dtype=np.int32) for p in postings]))

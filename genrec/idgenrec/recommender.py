@@ -41,8 +41,9 @@ class IdGenRecRecommender:
         ids = [list(self.trie.sequence(self.trie.index_of(item))[:-1]) for item in recent]
         return self.renderer.render(self.template, ids, user_id_tokens).input_ids
 
-    def _indices(self, items: Iterable[str]) -> list[int]:
-        """The trie indices of the known items among `items`, sorted (unknown ones are skipped)."""
+    def _indices(self, items: Iterable[str]) -> Sequence[int]:
+        """The trie indices of the known items among `items`, sorted (unknown ones are skipped):
+        a filter's `IndexedItems` gives its index array as it is."""
         if isinstance(items, IndexedItems) and (known := items.indices_in(self.trie)) is not None:
             return known
         indices = (self.trie.index_of(item) for item in items)

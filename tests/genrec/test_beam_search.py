@@ -3,6 +3,7 @@ on a tiny random T5 and a random trie; and the recommender wrapper around it."""
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -396,6 +397,28 @@ def test_fast_path_equals_generate_with_allowed(model, sequences, prompts, token
         assert len(got) == min(k, len(limit))
         assert {s.item_index for s in got} <= set(limit)
         assert_same_ranking(got, expected)
+
+
+def test_broad_allowed_sets_equal_generate(model, sequences, prompts, tokenizer):
+    """An allowed set of most of the catalog (a broad filter: pruned through the dead nodes of the
+    items outside it, not the live paths of those inside) gives what `generate` gives over the
+    allowed items, with exclusions on top, as a list or as an index array; the whole catalog as
+    an allowed set, what no limit gives."""
+    trie = make_trie(sequences, tokenizer.eos_token_id)
+    n, tables = len(trie), trie.tables()
+    for prompt in prompts:
+        ranking = [item for item, _ in brute_force(model, prompt, trie)]
+        for limit in (ranking[3:], np.array(ranking[:-2], dtype=np.int32), ranking[: n // 2 + 1], list(range(n))):
+            banned = [ranking[4]]
+            fast = constrained_beam_search(model, [prompt], tables, num_beams=5, k=5, exclude=[banned],
+                                           allowed=[limit])[0]
+            ref = reference_generate_topk(model, [prompt], trie, num_beams=5, k=5, exclude=[banned],
+                                          allowed=[[int(i) for i in limit]])[0]
+            assert len(fast) == 5 and {s.item_index for s in fast} <= set(int(i) for i in limit) - set(banned)
+            assert_same_ranking(fast, ref)
+        unlimited = constrained_beam_search(model, [prompt], tables, num_beams=5, k=5)[0]
+        assert_same_ranking(constrained_beam_search(model, [prompt], tables, num_beams=5, k=5,
+                                                    allowed=[list(range(n))])[0], unlimited)
 
 
 def test_exactly_k_qualifying_items_are_all_returned(model, sequences, prompts, tokenizer):

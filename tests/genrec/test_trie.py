@@ -363,15 +363,21 @@ def test_dead_node_keys_of_many_requests_match_each_request_alone(seed):
         assert mine == reference(excluded) == set(tables.dead_nodes(excluded))
 
 
+def _trie_with_overlay(rng: random.Random) -> tuple[TextualIdTrie, list[tuple[int, ...]]]:
+    """60 random IDs: 45 in the marisa base, 15 added later (the overlay, as minted items are)."""
+    sequences = random_sequences(rng, 60, range(3, 9))
+    trie = TextualIdTrie([str(i) for i in range(45)], sequences[:45], EOS)
+    for offset, seq in enumerate(sequences[45:]):
+        trie.add(str(45 + offset), seq)
+    return trie, sequences
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_live_node_keys_are_the_nodes_on_the_allowed_items_paths(seed):
     """A request limited to some items may enter exactly the nodes on their paths (overlay items
     included): every prefix of an allowed ID, and no other; the same per request in a batch."""
     rng = random.Random(seed)
-    sequences = random_sequences(rng, 60, range(3, 9))
-    trie = TextualIdTrie([str(i) for i in range(45)], sequences[:45], EOS)
-    for offset, seq in enumerate(sequences[45:]):
-        trie.add(str(45 + offset), seq)
+    trie, sequences = _trie_with_overlay(rng)
     tables = trie.tables()
     allowed = [rng.sample(range(60), rng.randint(1, 20)) for _ in range(5)] + [[], [59, -1, 99]]
 
@@ -385,3 +391,18 @@ def test_live_node_keys_are_the_nodes_on_the_allowed_items_paths(seed):
         mine = {int(k) % tables.num_nodes for k in keys if k // tables.num_nodes == request}
         assert mine == reference(items)
         assert 0 not in mine
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_live_nodes_are_those_not_dead_for_the_other_items(seed):
+    """What the beam search relies on to prune a broad allowed set by its complement: the nodes on
+    the allowed items' paths are exactly the nodes (the root aside) that are not dead when every
+    other item is excluded, overlay items included."""
+    rng = random.Random(seed)
+    trie, sequences = _trie_with_overlay(rng)
+    tables = trie.tables()
+    assert tables.num_items == 60
+    for items in [rng.sample(range(60), rng.randint(31, 59)) for _ in range(6)] + [list(range(60)), [7]]:
+        live = set(tables.live_node_keys([items]).tolist())
+        dead = set(tables.dead_node_keys([[i for i in range(60) if i not in items]]).tolist())
+        assert live == set(range(1, tables.num_nodes)) - dead
