@@ -367,10 +367,10 @@ class Registry:
                 pending.add(asyncio.ensure_future(self._seed_round(batches, created_at, counts)))
                 if len(pending) >= pipelines:
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()
-            for task in asyncio.as_completed(pending):
-                await task
+                    _raise_first_error(done)
+            if pending:
+                done, pending = await asyncio.wait(pending)
+                _raise_first_error(done)
         finally:
             for task in pending:
                 task.cancel()
@@ -652,6 +652,14 @@ class Registry:
         async for key in self.aio.scan_iter(match=f"{_glob_escape(self.prefix)}*", count=1000):
             deleted += await self.aio.delete(key)
         return deleted
+
+
+def _raise_first_error(done: Iterable[asyncio.Task]) -> None:
+    """Raises the first error of finished tasks, having read every one's (so none is logged as
+    never retrieved)."""
+    errors = [error for task in done if (error := task.exception()) is not None]
+    if errors:
+        raise errors[0]
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> MintedEvent:
