@@ -1,9 +1,14 @@
 """Suite-wide settings: one torch thread, so tiny models do not thrash the CPU cores that
-parallel test workers and background jobs share (tiny matmuls get ~100x slower otherwise)."""
+parallel test workers and background jobs share (tiny matmuls get ~100x slower otherwise); no
+Hypothesis deadline, as speed belongs in benchmarks/, not in tests: a property test failed CI
+once because its first example took 261 ms (a one-off compile) against the 200 ms default."""
 
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(1)
+settings.register_profile("genrec", deadline=None)
+settings.load_profile("genrec")
 
 
 def pytest_collection_modifyitems(config, items):
