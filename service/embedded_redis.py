@@ -27,7 +27,7 @@ from redis.retry import Retry
 
 from genrec.errors import StoreUnavailableError
 
-from .ports import ATTEMPTS, free_port
+from .ports import ATTEMPTS, free_port, log_tail
 
 log = logging.getLogger("service.embedded_redis")
 
@@ -42,17 +42,6 @@ class _NotStarted(Exception):
 def bind_failed(log_text: str) -> bool:
     """Whether a redis-server log says it could not bind its address (so another port may work)."""
     return _BIND_FAILED.search(log_text) is not None
-
-
-def log_tail(path: Path, offset: int = 0, lines: int = 8) -> str:
-    """The last `lines` lines written to `path` after `offset`: what an error message quotes."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(offset)
-            text = file.read().decode("utf-8", "replace")
-    except OSError as exc:
-        return f"(no log: {exc})"
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
 def _own_server_answers(process: subprocess.Popen, port: int) -> bool:

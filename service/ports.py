@@ -1,6 +1,6 @@
 """Starting a server on a loopback port picked free: the port is free when picked but another
 process may take it before the server binds it (a busy machine), so a start that failed for that
-is tried again on another port. Used by the embedded Redis (service/embedded_redis.py), the
+is tried again on another port; a failed start quotes the end of its log. Used by the embedded Redis (service/embedded_redis.py), the
 benchmarks' service launcher (benchmarks/common.py) and the tests' (tests/service/test_lifecycle.py).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -29,6 +30,18 @@ def free_port() -> int:
 def address_in_use(log_text: str) -> bool:
     """Whether a service's (uvicorn's) log says its port was taken."""
     return ADDRESS_IN_USE.search(log_text) is not None
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = 8) -> str:
+    """The last `lines` lines a server wrote to its log `path` after `offset`: what an error
+    message about its start quotes."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            text = file.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
 def retry_on_taken_port(wait: Callable[[], T], lost_port: Callable[[], bool], relaunch: Callable[[], None],

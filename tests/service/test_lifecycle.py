@@ -24,7 +24,7 @@ import pytest
 
 import service.generation
 from service.app import create_app
-from service.ports import ATTEMPTS, address_in_use, free_port, retry_on_taken_port
+from service.ports import ATTEMPTS, address_in_use, free_port, log_tail, retry_on_taken_port
 
 from .conftest import assert_error
 from .redis_server import registry_contents
@@ -52,12 +52,6 @@ def cli_env(redis_url: str, catalog: str, **extra: str) -> dict[str, str]:
 # loaded machine (the 60 s once used made test_the_real_cli_serves_an_item_table_bundle flaky).
 READY_TIMEOUT_S = 180.0
 LOG_TAIL_LINES = 40
-
-
-def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a service's log, for a failure's message."""
-    text = log.read_text(errors="replace") if log.exists() else "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class CliService:
@@ -111,7 +105,7 @@ def wait_until_ready(process: subprocess.Popen, base_url: str, log: Path,
     answered: list[int] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the service exited with {process.returncode}; its log ends:\n{log_tail(log)}"
+        assert process.poll() is None, f"the service exited with {process.returncode}; its log ends:\n{log_tail(log, lines=LOG_TAIL_LINES)}"
         try:
             status = httpx.get(f"{base_url}/readyz", timeout=2.0).status_code
         except httpx.TransportError:
@@ -121,7 +115,7 @@ def wait_until_ready(process: subprocess.Popen, base_url: str, log: Path,
             return answered
         answered.append(status)
         time.sleep(0.05)
-    raise AssertionError(f"{base_url} not ready within {timeout_s:g} s; the service's log ends:\n{log_tail(log)}")
+    raise AssertionError(f"{base_url} not ready within {timeout_s:g} s; the service's log ends:\n{log_tail(log, lines=LOG_TAIL_LINES)}")
 
 
 def test_the_cli_service_moves_to_another_port_when_its_pick_was_taken(bundle_path, redis_url, catalog_name,
